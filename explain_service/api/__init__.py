@@ -1,0 +1,17 @@
+"""The JSON API: blueprints, the OpenAPI document and the one error handler."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from explain_service.api import docs, errors, health, models
+
+
+def init_app(app: Flask) -> None:
+    """Register the API's blueprints and error handlers on ``app``."""
+    api = errors.ServiceApi(app)
+    api.register_blueprint(health.blp)
+    api.register_blueprint(models.blp)
+    errors.init_app(app)
+    docs.init_app(app)
+    app.extensions["explain_api"] = api

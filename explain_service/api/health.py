@@ -1,0 +1,80 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from flask import Response, current_app, g, request
+from flask.views import MethodView
+from explain_service.api.blueprint import Blueprint
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+
+from explain_service.jsonio import json_response
+
+blp = Blueprint("health", __name__, description="Liveness, readiness and metrics.")
+
+REQUESTS = Counter("explain_requests_total", "HTTP requests", ["endpoint", "method", "status"])
+LATENCY = Histogram(
+    "explain_request_seconds",
+    "HTTP request latency",
+    ["endpoint"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
+
+@blp.route("/healthz")
+class Healthz(MethodView):
+    def get(self) -> Any:
+        """The process is up."""
+        return json_response({"status": "ok"})
+
+
+@blp.route("/readyz")
+class Readyz(MethodView):
+    def get(self) -> Any:
+        """Every registered model loads and verifies; the audit store answers."""
+        services = current_app.extensions["explain"]
+        problems: dict[str, list[str]] = {}
+        try:
+            loaded = services.registry.load_all()
+        except Exception as exc:  # a broken artifact makes the service not ready, not down
+            problems["models"] = [str(exc)]
+            loaded = []
+        recorder = services.service.recorder
+        if recorder is not None and hasattr(recorder, "ping") and not recorder.ping():
+            problems["audit"] = ["The audit store does not answer."]
+        if problems:
+            return json_response({"status": "not ready", "errors": problems}, 503)
+        return json_response({"status": "ready", "models": len(loaded)})
+
+
+@blp.route("/metrics")
+class Metrics(MethodView):
+    def get(self) -> Any:
+        """Prometheus metrics (aggregated across workers when PROMETHEUS_MULTIPROC_DIR is set)."""
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            from prometheus_client import multiprocess
+
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            data = generate_latest(registry)
+        else:
+            data = generate_latest()
+        return Response(data, mimetype=CONTENT_TYPE_LATEST)
+
+
+@blp.before_app_request
+def _start_timer() -> None:
+    g.started = time.perf_counter()
+
+
+@blp.after_app_request
+def _observe(response: Response) -> Response:
+    endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
+    REQUESTS.labels(endpoint, request.method, str(response.status_code)).inc()
+    started = g.get("started")
+    if started is not None:
+        LATENCY.labels(endpoint).observe(time.perf_counter() - started)
+    return response

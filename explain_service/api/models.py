@@ -1,0 +1,144 @@
+"""``/v1/models``: describe, predict and explain registered models."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import current_app
+from flask.views import MethodView
+from explain_service.api.blueprint import Blueprint
+
+from explain_service.api import schemas
+from explain_service.api.validation import validate_instances
+from explain_service.errors import ValidationFailed
+from explain_service.explainers.shap import supported_outputs
+from explain_service.jsonio import json_response
+from explain_service.registry.model import LoadedModel
+from explain_service.service import model_ref
+
+blp = Blueprint("models", __name__, url_prefix="/v1/models", description="Registered models: describe, predict, explain.")
+
+
+def _services() -> Any:
+    return current_app.extensions["explain"]
+
+
+def _model(name: str, version: str | None) -> LoadedModel:
+    return _services().registry.get(name, version)
+
+
+def _rows(model: LoadedModel, instances: list[Any]) -> Any:
+    limit = _services().settings.max_instances
+    if len(instances) > limit:
+        raise ValidationFailed({"instances": [f"At most {limit} instances per request."]})
+    return validate_instances(model, instances)
+
+
+def describe(model: LoadedModel) -> dict[str, Any]:
+    services = _services()
+    out = model.describe()
+    out["versions"] = services.registry.versions(model.name)
+    out["methods"] = [m for m in services.service.method_names() if services.service.explainers[m].supports(model)]
+    out["shap_outputs"] = list(supported_outputs(model))
+    return out
+
+
+@blp.route("")
+class ModelsView(MethodView):
+    @blp.response(200, schemas.ModelList)
+    def get(self) -> Any:
+        """List registered models with their versions."""
+        registry = _services().registry
+        items = []
+        for name in registry.names():
+            versions = registry.versions(name)
+            if not versions:
+                continue
+            m = registry.get(name)
+            items.append(
+                {
+                    "name": name,
+                    "versions": versions,
+                    "default_version": versions[-1],
+                    "task": m.task,
+                    "description": m.manifest.description,
+                }
+            )
+        return json_response({"models": items})
+
+
+@blp.route("/<name>")
+class ModelView(MethodView):
+    @blp.response(200, schemas.ModelDescription)
+    @blp.alt_response(404, schema=schemas.ErrorSchema)
+    def get(self, name: str) -> Any:
+        """Describe a model's newest version: schema, classes, methods."""
+        return json_response(describe(_model(name, None)))
+
+
+@blp.route("/<name>/versions/<version>")
+class ModelVersionView(MethodView):
+    @blp.response(200, schemas.ModelDescription)
+    @blp.alt_response(404, schema=schemas.ErrorSchema)
+    def get(self, name: str, version: str) -> Any:
+        """Describe one version of a model."""
+        return json_response(describe(_model(name, version)))
+
+
+def _predict(body: dict[str, Any], name: str, version: str | None) -> Any:
+    model = _model(name, version)
+    rows = _rows(model, body["instances"])
+    pred = _services().service.predict(model, rows)
+    return json_response({"model": model_ref(model), "predictions": pred.answers})
+
+
+def _explain(body: dict[str, Any], name: str, version: str | None) -> Any:
+    model = _model(name, version)
+    rows = _rows(model, body["instances"])
+    methods = body["methods"]
+    if len(set(methods)) != len(methods):
+        raise ValidationFailed({"methods": ["Each method may be asked once."]})
+    answer = _services().service.explain(
+        model, rows, methods, target=body.get("target"), options=body.get("options") or {}
+    )
+    return json_response(answer)
+
+
+@blp.route("/<name>:predict")
+class PredictView(MethodView):
+    @blp.arguments(schemas.PredictRequest)
+    @blp.response(200, schemas.PredictResponse)
+    @blp.alt_response(422, schema=schemas.ErrorSchema)
+    def post(self, body: dict[str, Any], name: str) -> Any:
+        """Predict with the newest version."""
+        return _predict(body, name, None)
+
+
+@blp.route("/<name>/versions/<version>:predict")
+class PredictVersionView(MethodView):
+    @blp.arguments(schemas.PredictRequest)
+    @blp.response(200, schemas.PredictResponse)
+    @blp.alt_response(422, schema=schemas.ErrorSchema)
+    def post(self, body: dict[str, Any], name: str, version: str) -> Any:
+        """Predict with one version."""
+        return _predict(body, name, version)
+
+
+@blp.route("/<name>:explain")
+class ExplainView(MethodView):
+    @blp.arguments(schemas.ExplainRequest)
+    @blp.response(200, schemas.ExplainResponse)
+    @blp.alt_response(422, schema=schemas.ErrorSchema)
+    def post(self, body: dict[str, Any], name: str) -> Any:
+        """Explain instances with the newest version."""
+        return _explain(body, name, None)
+
+
+@blp.route("/<name>/versions/<version>:explain")
+class ExplainVersionView(MethodView):
+    @blp.arguments(schemas.ExplainRequest)
+    @blp.response(200, schemas.ExplainResponse)
+    @blp.alt_response(422, schema=schemas.ErrorSchema)
+    def post(self, body: dict[str, Any], name: str, version: str) -> Any:
+        """Explain instances with one version."""
+        return _explain(body, name, version)

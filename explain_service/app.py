@@ -1,0 +1,51 @@
+"""The application factory: the only way an app is made."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask
+
+from explain_service.config import Settings
+from explain_service.jsonio import OrjsonProvider
+from explain_service.registry.store import ModelRegistry
+from explain_service.service import ExplainService
+
+log = logging.getLogger(__name__)
+
+
+class Services:
+    """Per-app state, kept in ``app.extensions["explain"]`` and read through ``current_app``."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.registry = ModelRegistry(settings.models_dir, threads=settings.model_threads)
+        self.service = ExplainService()
+
+
+def create_app(test_config: dict[str, Any] | None = None) -> Flask:
+    """Build the Flask app; ``test_config`` overrides settings (lower-case Settings field names)."""
+    app = Flask(__name__)
+    app.json = OrjsonProvider(app)
+    overrides = dict(test_config or {})
+    flask_overrides = {k: overrides.pop(k) for k in list(overrides) if k.isupper()}
+    settings = Settings.from_env(**overrides)
+    app.config.update(
+        MAX_CONTENT_LENGTH=settings.max_body_bytes,
+        API_TITLE="explain-service",
+        API_VERSION="v1",
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/",
+        OPENAPI_JSON_PATH="openapi.json",
+        **flask_overrides,
+    )
+    services = Services(settings)
+    app.extensions["explain"] = services
+
+    from explain_service import api
+
+    api.init_app(app)
+    if settings.eager_load:
+        services.registry.load_all()
+    return app

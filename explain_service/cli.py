@@ -1,0 +1,136 @@
+"""The ``explain-service`` command line.
+
+Sub-commands reach the same services as the HTTP API, through the same
+factory functions: ``serve``, ``models list|verify|build-demo``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import click
+
+from explain_service.config import Settings
+
+
+def _settings(models_dir: str | None = None) -> Settings:
+    return Settings.from_env(models_dir=models_dir)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="explain-service")
+def main() -> None:
+    """Explanations for every prediction of a registered model."""
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--workers", default=2, show_default=True, type=int, help="gunicorn worker processes")
+@click.option("--timeout", default=60, show_default=True, type=int, help="worker timeout in seconds")
+@click.option("--access-log/--no-access-log", default=False, show_default=True)
+def serve(host: str, port: int, workers: int, timeout: int, access_log: bool) -> None:
+    """Run the service under gunicorn."""
+    settings = _settings()
+    for directory in (Path(settings.plots_dir), Path("var")):
+        directory.mkdir(parents=True, exist_ok=True)
+    metrics_dir = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", "var/prometheus"))
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir(parents=True)
+    gunicorn = Path(sys.executable).with_name("gunicorn")
+    args = [
+        str(gunicorn),
+        "--bind", f"{host}:{port}",
+        "--workers", str(workers),
+        "--timeout", str(timeout),
+        "--graceful-timeout", "20",
+        "--config", "python:explain_service.gunicorn_conf",
+    ]
+    if access_log:
+        args += ["--access-logfile", "-"]
+    args.append("explain_service.app:create_app()")
+    click.echo(f"explain-service on http://{host}:{port} ({workers} workers, models in {settings.models_dir})")
+    os.execv(args[0], args)
+
+
+@main.group()
+def models() -> None:
+    """Registered models."""
+
+
+@models.command("list")
+@click.option("--models-dir", default=None, help="default: $EXPLAIN_MODELS_DIR or models/")
+def models_list(models_dir: str | None) -> None:
+    """List registered models and versions."""
+    from explain_service.registry.store import list_names, list_versions, read_manifest
+
+    root = Path(_settings(models_dir).models_dir)
+    names = list_names(root)
+    if not names:
+        click.echo(f"no models under {root}")
+        return
+    for name in names:
+        for version in list_versions(root, name):
+            m = read_manifest(root / name / version)
+            click.echo(f"{name}@{version}\t{m.task}\t{m.estimator.cls}\t{m.sha256[:12]}\t{m.description}")
+
+
+@models.command("verify")
+@click.argument("model", required=False)
+@click.option("--models-dir", default=None)
+def models_verify(model: str | None, models_dir: str | None) -> None:
+    """Check every file hash, load each model and predict on its background rows.
+
+    MODEL is NAME or NAME@VERSION (default: all). Exits 1 naming each failure.
+    """
+    from explain_service.errors import ServiceError
+    from explain_service.registry.store import list_names, list_versions, load_version_dir
+
+    root = Path(_settings(models_dir).models_dir)
+    targets: list[tuple[str, str]] = []
+    if model:
+        name, _, version = model.partition("@")
+        versions = [version] if version else list_versions(root, name)
+        if not versions or (version and version not in list_versions(root, name)):
+            raise click.ClickException(f"no model {model} under {root}")
+        targets = [(name, v) for v in versions]
+    else:
+        targets = [(n, v) for n in list_names(root) for v in list_versions(root, n)]
+    failures = 0
+    for name, version in targets:
+        try:
+            loaded = load_version_dir(root / name / version)
+            rows = loaded.background.iloc[:50]
+            (loaded.predict_proba if loaded.is_classifier else loaded.predict_value)(rows)
+        except ServiceError as exc:
+            failures += 1
+            click.echo(f"FAIL {name}@{version}: {exc.message}", err=True)
+        except Exception as exc:
+            failures += 1
+            click.echo(f"FAIL {name}@{version}: {type(exc).__name__}: {exc}", err=True)
+        else:
+            click.echo(f"ok   {name}@{version} {loaded.sha256[:12]} ({loaded.family} path, {loaded.transform_path} transform)")
+    if failures:
+        sys.exit(1)
+
+
+@models.command("build-demo")
+@click.option("--models-dir", default=None)
+@click.option("--only", multiple=True, help="build only these demo models")
+def models_build_demo(models_dir: str | None, only: tuple[str, ...]) -> None:
+    """Register the demo models that are missing (data ships with installed packages)."""
+    from explain_service.registry.demo import DEMO_MODELS, build_demo
+
+    root = Path(_settings(models_dir).models_dir)
+    unknown = [o for o in only if o not in DEMO_MODELS]
+    if unknown:
+        raise click.ClickException(f"unknown demo model(s): {', '.join(unknown)}; known: {', '.join(DEMO_MODELS)}")
+    built = build_demo(root, only=list(only) or None)
+    click.echo(f"built {', '.join(built)}" if built else f"demo models already present under {root}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""Settings, read once from the environment (prefix ``EXPLAIN_``) with defaults in one place."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Typed service settings; every field maps to ``EXPLAIN_<FIELD>`` in the environment."""
+
+    models_dir: str = "models"
+    database_url: str = "sqlite:///var/audit.sqlite3"
+    plots_dir: str = "var/plots"
+    api_keys_file: str | None = None
+    ratelimit_storage_uri: str = "memory://"
+    max_instances: int = 100
+    max_body_bytes: int = 2 * 1024 * 1024
+    eager_load: bool = True
+    model_threads: int = 1
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
+        """Defaults, then ``EXPLAIN_*`` variables, then explicit ``overrides``."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(f"EXPLAIN_{f.name.upper()}")
+            if raw is None:
+                continue
+            if f.type in ("int",):
+                values[f.name] = int(raw)
+            elif f.type in ("bool",):
+                values[f.name] = raw.strip().lower() in ("1", "true", "yes", "on")
+            else:
+                values[f.name] = raw
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)

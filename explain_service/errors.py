@@ -1,0 +1,110 @@
+"""The exceptions of explain-service.
+
+Every error the service raises on purpose derives from :class:`ServiceError`,
+knows its HTTP status and builds its own message from structured arguments::
+
+    ServiceError
+    ├── BadRequest (400)
+    ├── ValidationFailed (422)            errors: {field: [messages]}
+    ├── NotFound (404)
+    │   ├── ModelNotFound(name, version)
+    │   ├── ExplanationNotFound(id)
+    │   └── PlotNotFound(id, plot)
+    ├── RegistryError (500 when met while serving; a CLI error otherwise)
+    │   ├── IntegrityError(path, reason)  a file does not match its manifest hash
+    │   ├── ArtifactRefused(path, reason) pickle, unknown format or untrusted type
+    │   └── RegistrationError(reason)     register_model cannot store this model
+    └── Unavailable (503)
+        └── AuditUnavailable(reason)      the audit record could not be written
+
+One handler (``explain_service.api.errors``) renders them as the JSON error
+shape ``{"code", "status", "message", "errors"}``; the review pages render the
+same exceptions as HTML.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+
+class ServiceError(Exception):
+    """Root of all deliberate errors; ``status`` is the HTTP status to answer with."""
+
+    status: int = 500
+
+    def __init__(self, message: str, errors: dict[str, list[str]] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.errors = errors or {}
+
+    def to_dict(self) -> dict[str, object]:
+        """The JSON error shape of the external contract."""
+        out: dict[str, object] = {
+            "code": self.status,
+            "status": HTTPStatus(self.status).phrase,
+            "message": self.message,
+        }
+        if self.errors:
+            out["errors"] = self.errors
+        return out
+
+
+class BadRequest(ServiceError):
+    status = 400
+
+
+class ValidationFailed(ServiceError):
+    """The request is well-formed JSON but names a field with a bad value."""
+
+    status = 422
+
+    def __init__(self, errors: dict[str, list[str]], message: str | None = None) -> None:
+        fields = ", ".join(sorted(errors)[:5])
+        super().__init__(message or f"Invalid request: {fields}", errors)
+
+
+class NotFound(ServiceError):
+    status = 404
+
+
+class ModelNotFound(NotFound):
+    def __init__(self, name: str, version: str | None = None) -> None:
+        what = f"model {name!r}" + (f" version {version!r}" if version is not None else "")
+        super().__init__(f"No {what} is registered")
+        self.name = name
+        self.version = version
+
+
+class ExplanationNotFound(NotFound):
+    def __init__(self, explanation_id: str) -> None:
+        super().__init__(f"No explanation with id {explanation_id!r}")
+
+
+class RegistryError(ServiceError):
+    status = 500
+
+
+class IntegrityError(RegistryError):
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"Integrity check failed for {path}: {reason}")
+        self.path = path
+
+
+class ArtifactRefused(RegistryError):
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"Refused to load {path}: {reason}")
+        self.path = path
+
+
+class RegistrationError(RegistryError):
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"Cannot register model: {reason}")
+
+
+class Unavailable(ServiceError):
+    status = 503
+
+
+class AuditUnavailable(Unavailable):
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"The audit record could not be written, so no answer is given: {reason}")

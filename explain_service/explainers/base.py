@@ -1,0 +1,77 @@
+"""The explainer extension point.
+
+An explainer is a small object with a ``name``, a marshmallow schema for its
+options, a ``supports(model)`` predicate and ``explain(model, rows, targets,
+options)`` returning one JSON-ready dict per row. Explainers never import
+Flask; they receive clean, validated, typed inputs.
+
+The ``model`` they receive is a :class:`explain_service.registry.LoadedModel`;
+the parts an explainer may rely on are described by :class:`ModelLike`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+import orjson
+import pandas as pd
+from marshmallow import Schema
+
+from explain_service.registry.schema import FeatureSchema
+
+
+class ModelLike(Protocol):
+    """What explainers may use of a loaded model."""
+
+    name: str
+    version: str
+    sha256: str
+    task: str  # "classification" | "regression"
+    class_names: tuple[str, ...]  # empty for regression
+    favorable: str | None
+    schema: FeatureSchema
+    background: pd.DataFrame  # raw rows, schema column order and dtypes
+
+    def predict_proba(self, rows: pd.DataFrame) -> np.ndarray:
+        """Class probabilities, shape (n, n_classes); classifiers only."""
+        ...
+
+    def predict_value(self, rows: pd.DataFrame) -> np.ndarray:
+        """Predicted values, shape (n,); regressors only."""
+        ...
+
+
+class Explainer(Protocol):
+    """One explanation method."""
+
+    name: ClassVar[str]
+    options_schema: ClassVar[type[Schema]]
+
+    def supports(self, model: ModelLike) -> bool:
+        """Whether this method can explain ``model``."""
+        ...
+
+    def explain(
+        self,
+        model: ModelLike,
+        rows: pd.DataFrame,
+        targets: np.ndarray | None,
+        options: dict[str, Any],
+    ) -> list[dict[str, Any]]:
+        """Explain each row; ``targets`` holds a class index per row (None for regression)."""
+        ...
+
+
+def canonical_json(value: Any) -> bytes:
+    """Stable JSON bytes (sorted keys) used for hashing and seeding."""
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY)
+
+
+def derive_seed(model_sha256: str, row: dict[str, Any], method: str, options: dict[str, Any]) -> int:
+    """A deterministic 31-bit seed from the request, so repeated requests agree."""
+    digest = hashlib.sha256(
+        canonical_json({"model": model_sha256, "row": row, "method": method, "options": options})
+    ).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF

@@ -1,0 +1,231 @@
+"""A registered model, loaded and ready to predict.
+
+:class:`LoadedModel` splits the model into its preprocessing and its final
+estimator, knows which explanation path the estimator takes (``tree``,
+``linear`` or ``agnostic``), maps transformed columns back to input features,
+and predicts on raw rows. It is built once per worker process and kept.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from explain_service.registry.manifest import Manifest
+from explain_service.registry.preprocess import Compiled, NotMappable, compile_transform, feature_map
+from explain_service.registry.schema import FeatureSchema
+
+SKLEARN_TREES = (
+    "DecisionTreeClassifier",
+    "DecisionTreeRegressor",
+    "ExtraTreeClassifier",
+    "ExtraTreeRegressor",
+    "RandomForestClassifier",
+    "RandomForestRegressor",
+    "ExtraTreesClassifier",
+    "ExtraTreesRegressor",
+    "GradientBoostingClassifier",
+    "GradientBoostingRegressor",
+)
+
+warnings.filterwarnings("ignore", message="X does not have valid feature names")
+warnings.filterwarnings("ignore", message="X has feature names, but")
+
+
+def estimator_family(estimator: Any) -> str:
+    """``tree``, ``linear`` or ``agnostic``: which exact SHAP path the estimator takes."""
+    import xgboost as xgb
+    from sklearn.linear_model._base import LinearClassifierMixin, LinearModel
+
+    if isinstance(estimator, xgb.Booster | xgb.XGBModel):
+        return "tree"
+    if type(estimator).__name__ in SKLEARN_TREES and type(estimator).__module__.startswith("sklearn."):
+        return "tree"
+    if isinstance(estimator, LinearModel | LinearClassifierMixin) and hasattr(estimator, "coef_"):
+        return "linear"
+    return "agnostic"
+
+
+def estimator_library(estimator: Any) -> str:
+    """``xgboost-booster``, ``xgboost`` (sklearn wrapper) or ``sklearn``."""
+    import xgboost as xgb
+
+    if isinstance(estimator, xgb.Booster):
+        return "xgboost-booster"
+    if isinstance(estimator, xgb.XGBModel):
+        return "xgboost"
+    return "sklearn"
+
+
+@dataclass
+class LoadedModel:
+    """One model version in memory: manifest, background, preprocessing and estimator."""
+
+    manifest: Manifest
+    background: pd.DataFrame
+    estimator: Any
+    preprocessor: Any | None = None
+    family: str = field(init=False)
+    library: str = field(init=False)
+    transform_path: str = field(init=False)
+    feature_index: np.ndarray | None = field(init=False, default=None)
+    _compiled: Compiled | None = field(init=False, default=None, repr=False)
+    _cache: dict[str, Any] = field(init=False, default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self.library = estimator_library(self.estimator)
+        self.family = estimator_family(self.estimator)
+        names = self.schema.names
+        if self.preprocessor is None:
+            self.transform_path = "identity"
+            self.feature_index = np.arange(len(names))
+        else:
+            try:
+                self.feature_index = np.asarray(feature_map(self.preprocessor, names), dtype=int)
+            except NotMappable:
+                self.feature_index = None
+            self._compiled = compile_transform(self.preprocessor, names)
+            self.transform_path = "sklearn"
+            if self._compiled is not None and self._compiled_agrees():
+                self.transform_path = "compiled"
+            else:
+                self._compiled = None
+        if self.family != "agnostic" and self.feature_index is None:
+            # Exact per-column attributions cannot be summed back to the inputs.
+            self.family = "agnostic"
+
+    # -- identity -------------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+    @property
+    def sha256(self) -> str:
+        return self.manifest.sha256
+
+    @property
+    def task(self) -> str:
+        return self.manifest.task
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.manifest.class_names
+
+    @property
+    def favorable(self) -> str | None:
+        return self.manifest.favorable
+
+    @property
+    def schema(self) -> FeatureSchema:
+        return self.manifest.schema
+
+    @property
+    def is_classifier(self) -> bool:
+        return self.task == "classification"
+
+    def cached(self, key: str, build: Any) -> Any:
+        """Per-model memo for explainer state (e.g. a shap explainer built once)."""
+        if key not in self._cache:
+            self._cache[key] = build()
+        return self._cache[key]
+
+    def set_threads(self, n: int) -> None:
+        """Limit native threads used by the estimator (1 per worker when serving)."""
+        if self.library == "xgboost-booster":
+            self.estimator.set_param({"nthread": n})
+        elif self.library == "xgboost":
+            self.estimator.set_params(n_jobs=n)
+            self.estimator.get_booster().set_param({"nthread": n})
+
+    # -- transform ------------------------------------------------------------------------------
+    def columns(self, rows: pd.DataFrame) -> dict[str, np.ndarray]:
+        return {n: rows[n].to_numpy() for n in self.schema.names}
+
+    def transform(self, rows: pd.DataFrame) -> np.ndarray:
+        """The estimator's input matrix for raw ``rows`` (dense float64)."""
+        if self.preprocessor is None:
+            return rows[self.schema.names].to_numpy(dtype=np.float64)
+        if self._compiled is not None:
+            return self._compiled(self.columns(rows))
+        out = self.preprocessor.transform(rows[self.schema.names])
+        if hasattr(out, "toarray"):
+            out = out.toarray()
+        return np.asarray(out, dtype=np.float64)
+
+    def _compiled_agrees(self) -> bool:
+        assert self._compiled is not None
+        try:
+            fast = self._compiled(self.columns(self.background))
+            ref = self.preprocessor.transform(self.background[self.schema.names])  # type: ignore[union-attr]
+        except Exception:
+            return False
+        if hasattr(ref, "toarray"):
+            # Sparse output changes what XGBoost treats as missing; keep the library path.
+            return False
+        ref = np.asarray(ref, dtype=np.float64)
+        return fast.shape == ref.shape and bool(np.array_equal(fast, ref))
+
+    # -- predictions on the estimator's matrix ---------------------------------------------------
+    def _dmatrix(self, X: np.ndarray) -> Any:
+        import xgboost as xgb
+
+        names = self.estimator.feature_names if self.library == "xgboost-booster" else None
+        return xgb.DMatrix(X, feature_names=names)
+
+    def proba_matrix(self, X: np.ndarray) -> np.ndarray:
+        """Class probabilities, (n, n_classes)."""
+        if self.library == "xgboost-booster":
+            p = self.estimator.predict(self._dmatrix(X))
+            return np.column_stack([1.0 - p, p]) if p.ndim == 1 else p
+        return np.asarray(self.estimator.predict_proba(X))
+
+    def value_matrix(self, X: np.ndarray) -> np.ndarray:
+        """Regression predictions, (n,)."""
+        if self.library == "xgboost-booster":
+            return np.asarray(self.estimator.predict(self._dmatrix(X)))
+        return np.asarray(self.estimator.predict(X)).reshape(-1)
+
+    def margin_matrix(self, X: np.ndarray) -> np.ndarray:
+        """Raw margin (log-odds for binary, per-class scores for multiclass)."""
+        if self.library == "xgboost-booster":
+            return np.asarray(self.estimator.predict(self._dmatrix(X), output_margin=True))
+        if self.library == "xgboost":
+            return np.asarray(self.estimator.predict(X, output_margin=True))
+        if self.is_classifier:
+            return np.asarray(self.estimator.decision_function(X))
+        return self.value_matrix(X)
+
+    # -- predictions on raw rows ----------------------------------------------------------------
+    def predict_proba(self, rows: pd.DataFrame) -> np.ndarray:
+        return self.proba_matrix(self.transform(rows))
+
+    def predict_value(self, rows: pd.DataFrame) -> np.ndarray:
+        return self.value_matrix(self.transform(rows))
+
+    def describe(self) -> dict[str, Any]:
+        """Public description for ``GET /v1/models/{name}``."""
+        m = self.manifest
+        return {
+            "name": m.name,
+            "version": m.version,
+            "sha256": m.sha256,
+            "task": m.task,
+            "description": m.description,
+            "class_names": list(m.class_names),
+            "favorable": m.favorable,
+            "features": [f.to_dict() for f in m.schema.features],
+            "constraints": {k: c.to_dict() for k, c in m.schema.constraints.items()},
+            "estimator": m.estimator.cls,
+            "shap_path": self.family,
+            "transform_path": self.transform_path,
+            "created_at": m.created_at,
+            "libraries": m.libraries,
+        }

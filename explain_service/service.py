@@ -1,0 +1,192 @@
+"""The explanation service: validated rows in, predictions and explanations out.
+
+This is the one place where a request's pieces meet: the model from the
+registry, typed rows from validation, one shared prediction, each requested
+method, the reasons, and the audit record that must be written before an
+answer leaves. HTTP views and the batch job both call it; it never imports
+Flask.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+from marshmallow import ValidationError
+
+from explain_service.errors import ValidationFailed
+from explain_service.explainers import EXPLAINERS, Explainer
+from explain_service.explainers.reasons import reasons
+from explain_service.explainers.shap import OptionNotSupported
+from explain_service.registry.model import LoadedModel
+
+METHOD_ORDER = ("shap", "lime", "counterfactual")
+
+
+class Recorder(Protocol):
+    """Where explanations are recorded before they are answered (the audit store)."""
+
+    def record(self, model: LoadedModel, entries: list[dict[str, Any]], caller: str | None) -> list[str]:
+        """Persist one entry per explanation atomically and return their ids, in order."""
+        ...
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def rows_as_dicts(rows: pd.DataFrame) -> list[dict[str, Any]]:
+    """Typed rows as JSON-ready dicts (numpy scalars made plain)."""
+    names = list(rows.columns)
+    return [{n: _plain(v) for n, v in zip(names, rec, strict=True)} for rec in rows.itertuples(index=False)]
+
+
+@dataclass
+class Prediction:
+    """One shared prediction for a batch of rows."""
+
+    answers: list[dict[str, Any]]
+    classes: np.ndarray | None  # predicted class index per row
+    proba: np.ndarray | None = None
+    values: np.ndarray | None = None
+
+
+@dataclass
+class ExplainService:
+    """Predicts and explains rows of a loaded model, and records every explanation."""
+
+    recorder: Recorder | None = None
+    explainers: dict[str, Explainer] = field(default_factory=lambda: dict(EXPLAINERS))
+
+    # -- predictions --------------------------------------------------------------------------------
+    def predict(self, model: LoadedModel, rows: pd.DataFrame) -> Prediction:
+        """The model's own predictions, in the contract's shape."""
+        X = model.transform(rows)
+        if not model.is_classifier:
+            values = model.value_matrix(X)
+            return Prediction([{"value": float(v)} for v in values], None, values=values)
+        proba = model.proba_matrix(X)
+        classes = proba.argmax(axis=1)
+        names = model.class_names
+        answers = [
+            {"label": names[int(c)], "probabilities": {n: float(p) for n, p in zip(names, row, strict=True)}}
+            for c, row in zip(classes, proba, strict=True)
+        ]
+        return Prediction(answers, classes, proba=proba)
+
+    # -- request pieces -------------------------------------------------------------------------
+    def method_names(self) -> list[str]:
+        return [m for m in METHOD_ORDER if m in self.explainers]
+
+    def load_options(self, methods: list[str], raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """Validate ``options`` per method; errors are named ``options.<method>.<key>``."""
+        errors: dict[str, list[str]] = {}
+        for key in raw:
+            if key not in self.explainers:
+                errors[f"options.{key}"] = [f"Unknown method; one of {', '.join(self.method_names())}."]
+        loaded: dict[str, dict[str, Any]] = {}
+        for method in methods:
+            given = raw.get(method) or {}
+            try:
+                loaded[method] = self.explainers[method].options_schema().load(given)
+            except ValidationError as exc:
+                from explain_service.api.validation import flatten_errors
+
+                errors.update(flatten_errors(exc.messages, f"options.{method}"))
+        if errors:
+            raise ValidationFailed(errors)
+        return loaded
+
+    def resolve_target(self, model: LoadedModel, target: Any) -> int | None:
+        """Class index of ``target`` (a class name), or None when not given."""
+        if target is None:
+            return None
+        if not model.is_classifier:
+            raise ValidationFailed({"target": ["Regression models have no target class."]})
+        if not isinstance(target, str) or target not in model.class_names:
+            raise ValidationFailed({"target": [f"Must be one of: {', '.join(model.class_names)}."]})
+        return model.class_names.index(target)
+
+    def counterfactual_targets(self, model: LoadedModel, pred: Prediction, target: int | None) -> np.ndarray | None:
+        """The class each counterfactual should reach: ``target``, the favourable class, or the runner-up."""
+        if not model.is_classifier:
+            return None
+        n = len(pred.answers)
+        if target is not None:
+            return np.full(n, target)
+        if model.favorable is not None:
+            return np.full(n, model.class_names.index(model.favorable))
+        assert pred.proba is not None
+        order = np.argsort(-pred.proba, axis=1)
+        return order[:, 1].copy()
+
+    # -- explanations ---------------------------------------------------------------------------
+    def explain(
+        self,
+        model: LoadedModel,
+        rows: pd.DataFrame,
+        methods: list[str],
+        *,
+        target: Any = None,
+        options: dict[str, Any] | None = None,
+        caller: str | None = None,
+        record: bool = True,
+    ) -> dict[str, Any]:
+        """Predict once, run every requested method, record, and answer."""
+        loaded = self.load_options(methods, options or {})
+        target_index = self.resolve_target(model, target)
+        pred = self.predict(model, rows)
+        targets = None
+        if model.is_classifier:
+            assert pred.classes is not None
+            targets = np.full(len(rows), target_index) if target_index is not None else pred.classes
+        instances = rows_as_dicts(rows)
+        per_method: dict[str, list[dict[str, Any]]] = {}
+        for method in methods:
+            method_targets = targets
+            if method == "counterfactual":
+                method_targets = self.counterfactual_targets(model, pred, target_index)
+            try:
+                per_method[method] = self.explainers[method].explain(model, rows, method_targets, loaded[method])
+            except OptionNotSupported as exc:
+                raise ValidationFailed({exc.field: [str(exc)]}) from None
+            except ValueError as exc:
+                fld = getattr(exc, "field", None)
+                if fld is None:
+                    raise
+                raise ValidationFailed({str(fld): [str(exc)]}) from None
+        explanations = []
+        for i, instance in enumerate(instances):
+            item: dict[str, Any] = {"prediction": pred.answers[i]}
+            for method in methods:
+                item[method] = per_method[method][i]
+            source = item.get("shap") or item.get("lime")
+            if source is not None:
+                attributions = source.get("values") or source.get("weights") or {}
+                item["reasons"] = reasons(
+                    attributions,
+                    instance,
+                    model.schema.features,
+                    target=source.get("target"),
+                    favorable=model.favorable,
+                    class_names=model.class_names,
+                )
+            explanations.append(item)
+        entries = [
+            {"instance": inst, "methods": methods, "target": target, "options": loaded, "explanation": exp}
+            for inst, exp in zip(instances, explanations, strict=True)
+        ]
+        if record and self.recorder is not None:
+            ids = self.recorder.record(model, entries, caller)
+        else:
+            ids = [uuid.uuid4().hex for _ in entries]
+        answer_items = [{"id": i, **exp} for i, exp in zip(ids, explanations, strict=True)]
+        return {"model": model_ref(model), "explanations": answer_items}
+
+
+def model_ref(model: LoadedModel) -> dict[str, str]:
+    """``{"name", "version", "sha256"}`` of a model."""
+    return {"name": model.name, "version": model.version, "sha256": model.sha256}
