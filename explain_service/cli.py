@@ -43,16 +43,23 @@ def serve(host: str, port: int, workers: int, timeout: int, access_log: bool) ->
     gunicorn = Path(sys.executable).with_name("gunicorn")
     args = [
         str(gunicorn),
-        "--bind", f"{host}:{port}",
-        "--workers", str(workers),
-        "--timeout", str(timeout),
-        "--graceful-timeout", "20",
-        "--config", "python:explain_service.gunicorn_conf",
+        "--bind",
+        f"{host}:{port}",
+        "--workers",
+        str(workers),
+        "--timeout",
+        str(timeout),
+        "--graceful-timeout",
+        "20",
+        "--config",
+        "python:explain_service.gunicorn_conf",
     ]
     if access_log:
         args += ["--access-logfile", "-"]
     args.append("explain_service.app:create_app()")
-    click.echo(f"explain-service on http://{host}:{port} ({workers} workers, models in {settings.models_dir})")
+    click.echo(
+        f"explain-service on http://{host}:{port} ({workers} workers, models in {settings.models_dir})"
+    )
     os.execv(args[0], args)
 
 
@@ -112,7 +119,9 @@ def models_verify(model: str | None, models_dir: str | None) -> None:
             failures += 1
             click.echo(f"FAIL {name}@{version}: {type(exc).__name__}: {exc}", err=True)
         else:
-            click.echo(f"ok   {name}@{version} {loaded.sha256[:12]} ({loaded.family} path, {loaded.transform_path} transform)")
+            click.echo(
+                f"ok   {name}@{version} {loaded.sha256[:12]} ({loaded.family} path, {loaded.transform_path} transform)"
+            )
     if failures:
         sys.exit(1)
 
@@ -127,7 +136,9 @@ def models_build_demo(models_dir: str | None, only: tuple[str, ...]) -> None:
     root = Path(_settings(models_dir).models_dir)
     unknown = [o for o in only if o not in DEMO_MODELS]
     if unknown:
-        raise click.ClickException(f"unknown demo model(s): {', '.join(unknown)}; known: {', '.join(DEMO_MODELS)}")
+        raise click.ClickException(
+            f"unknown demo model(s): {', '.join(unknown)}; known: {', '.join(DEMO_MODELS)}"
+        )
     built = build_demo(root, only=list(only) or None)
     click.echo(f"built {', '.join(built)}" if built else f"demo models already present under {root}")
 

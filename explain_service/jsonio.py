@@ -27,4 +27,6 @@ class OrjsonProvider(JSONProvider):
 
 def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     """A JSON response serialized by orjson."""
-    return Response(orjson.dumps(obj, option=DUMP_OPTIONS), status=status, mimetype="application/json", headers=headers)
+    return Response(
+        orjson.dumps(obj, option=DUMP_OPTIONS), status=status, mimetype="application/json", headers=headers
+    )

@@ -110,7 +110,9 @@ class ExplainService:
             raise ValidationFailed({"target": [f"Must be one of: {', '.join(model.class_names)}."]})
         return model.class_names.index(target)
 
-    def counterfactual_targets(self, model: LoadedModel, pred: Prediction, target: int | None) -> np.ndarray | None:
+    def counterfactual_targets(
+        self, model: LoadedModel, pred: Prediction, target: int | None
+    ) -> np.ndarray | None:
         """The class each counterfactual should reach: ``target``, the favourable class, or the runner-up."""
         if not model.is_classifier:
             return None
@@ -150,7 +152,9 @@ class ExplainService:
             if method == "counterfactual":
                 method_targets = self.counterfactual_targets(model, pred, target_index)
             try:
-                per_method[method] = self.explainers[method].explain(model, rows, method_targets, loaded[method])
+                per_method[method] = self.explainers[method].explain(
+                    model, rows, method_targets, loaded[method]
+                )
             except OptionNotSupported as exc:
                 raise ValidationFailed({exc.field: [str(exc)]}) from None
             except ValueError as exc:

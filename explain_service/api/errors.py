@@ -42,7 +42,9 @@ class ServiceApi(Api):
                 message = "Invalid request: " + ", ".join(sorted(flat)[:5])
             else:
                 message = error.description or HTTPStatus(status).phrase
-        return json_response(error_body(status, str(message), flat), status, headers=dict(error.get_headers()[1:]))
+        return json_response(
+            error_body(status, str(message), flat), status, headers=dict(error.get_headers()[1:])
+        )
 
 
 def init_app(app: Flask) -> None:

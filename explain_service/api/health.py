@@ -8,9 +8,9 @@ from typing import Any
 
 from flask import Response, current_app, g, request
 from flask.views import MethodView
-from explain_service.api.blueprint import Blueprint
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
+from explain_service.api.blueprint import Blueprint
 from explain_service.jsonio import json_response
 
 blp = Blueprint("health", __name__, description="Liveness, readiness and metrics.")

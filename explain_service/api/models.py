@@ -6,9 +6,9 @@ from typing import Any
 
 from flask import current_app
 from flask.views import MethodView
-from explain_service.api.blueprint import Blueprint
 
 from explain_service.api import schemas
+from explain_service.api.blueprint import Blueprint
 from explain_service.api.validation import validate_instances
 from explain_service.errors import ValidationFailed
 from explain_service.explainers.shap import supported_outputs
@@ -16,7 +16,9 @@ from explain_service.jsonio import json_response
 from explain_service.registry.model import LoadedModel
 from explain_service.service import model_ref
 
-blp = Blueprint("models", __name__, url_prefix="/v1/models", description="Registered models: describe, predict, explain.")
+blp = Blueprint(
+    "models", __name__, url_prefix="/v1/models", description="Registered models: describe, predict, explain."
+)
 
 
 def _services() -> Any:
@@ -38,7 +40,9 @@ def describe(model: LoadedModel) -> dict[str, Any]:
     services = _services()
     out = model.describe()
     out["versions"] = services.registry.versions(model.name)
-    out["methods"] = [m for m in services.service.method_names() if services.service.explainers[m].supports(model)]
+    out["methods"] = [
+        m for m in services.service.method_names() if services.service.explainers[m].supports(model)
+    ]
     out["shap_outputs"] = list(supported_outputs(model))
     return out
 

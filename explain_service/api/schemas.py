@@ -12,7 +12,9 @@ class PredictRequest(Schema):
         fields.Raw(),
         required=True,
         validate=validate.Length(min=1),
-        metadata={"description": "Rows as objects {feature: value}; see GET /v1/models/{name} for the schema."},
+        metadata={
+            "description": "Rows as objects {feature: value}; see GET /v1/models/{name} for the schema."
+        },
     )
 
 
@@ -31,7 +33,7 @@ class ExplainRequest(PredictRequest):
         keys=fields.String(),
         values=fields.Dict(),
         load_default=dict,
-        metadata={"description": "Per-method options, e.g. {\"shap\": {\"output\": \"probability\"}}."},
+        metadata={"description": 'Per-method options, e.g. {"shap": {"output": "probability"}}.'},
     )
 
 
@@ -51,7 +53,9 @@ class ShapSchema(Schema):
     target = fields.String(allow_none=True)
     output = fields.String(metadata={"description": "log_odds, probability or raw"})
     base_value = fields.Float()
-    values = fields.Dict(keys=fields.String(), values=fields.Float(), metadata={"description": "Per input feature."})
+    values = fields.Dict(
+        keys=fields.String(), values=fields.Float(), metadata={"description": "Per input feature."}
+    )
     additivity_residual = fields.Float(metadata={"description": "output - base_value - sum(values)"})
     algorithm = fields.String()
     params = fields.Dict()

@@ -81,7 +81,9 @@ def instance_schema(model: LoadedModel) -> Schema:
     """The (cached) schema of one instance of ``model``."""
     schema = _SCHEMAS.get(model.sha256)
     if schema is None:
-        cls = Schema.from_dict({f.name: feature_field(f) for f in model.schema.features}, name=f"Instance_{model.name}")
+        cls = Schema.from_dict(
+            {f.name: feature_field(f) for f in model.schema.features}, name=f"Instance_{model.name}"
+        )
         schema = cls()
         _SCHEMAS[model.sha256] = schema
     return schema

@@ -25,13 +25,27 @@ from explain_service.registry.schema import FeatureSchema
 class ModelLike(Protocol):
     """What explainers may use of a loaded model."""
 
-    name: str
-    version: str
-    sha256: str
-    task: str  # "classification" | "regression"
-    class_names: tuple[str, ...]  # empty for regression
-    favorable: str | None
-    schema: FeatureSchema
+    @property
+    def name(self) -> str: ...
+    @property
+    def version(self) -> str: ...
+    @property
+    def sha256(self) -> str: ...
+    @property
+    def task(self) -> str:
+        """``classification`` or ``regression``."""
+        ...
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """Empty for regression."""
+        ...
+
+    @property
+    def favorable(self) -> str | None: ...
+    @property
+    def schema(self) -> FeatureSchema: ...
+
     background: pd.DataFrame  # raw rows, schema column order and dtypes
 
     def predict_proba(self, rows: pd.DataFrame) -> np.ndarray:
@@ -49,13 +63,13 @@ class Explainer(Protocol):
     name: ClassVar[str]
     options_schema: ClassVar[type[Schema]]
 
-    def supports(self, model: ModelLike) -> bool:
-        """Whether this method can explain ``model``."""
+    def supports(self, model: Any) -> bool:
+        """Whether this method can explain ``model`` (a :class:`ModelLike`)."""
         ...
 
     def explain(
         self,
-        model: ModelLike,
+        model: Any,
         rows: pd.DataFrame,
         targets: np.ndarray | None,
         options: dict[str, Any],

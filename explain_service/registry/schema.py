@@ -9,6 +9,7 @@ plain-language reasons.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -157,7 +158,7 @@ def infer_feature(name: str, column: pd.Series) -> Feature:
 def infer_schema(
     background: pd.DataFrame,
     overrides: dict[str, dict[str, Any]] | None = None,
-    constraints: dict[str, dict[str, Any] | Constraint] | None = None,
+    constraints: Mapping[str, Mapping[str, Any] | Constraint] | None = None,
 ) -> FeatureSchema:
     """Infer the feature schema of ``background``; ``overrides`` replace fields per feature."""
     features = []
@@ -172,7 +173,7 @@ def infer_schema(
     for name, spec in (constraints or {}).items():
         if name not in names:
             raise ValueError(f"constraint names unknown feature {name!r}")
-        c = spec if isinstance(spec, Constraint) else Constraint.from_dict(spec)
+        c = spec if isinstance(spec, Constraint) else Constraint.from_dict(dict(spec))
         if c.direction not in (None, "increase", "decrease"):
             raise ValueError(f"constraint direction of {name!r} must be 'increase' or 'decrease'")
         if c.range is not None and not (

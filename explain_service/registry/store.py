@@ -10,12 +10,14 @@ predictions on the background rows, or the registration is undone.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import platform
 import shutil
 import tempfile
 import threading
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -45,10 +47,8 @@ DEFAULT_MODELS_DIR = "models"
 def _library_versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for dist in ("scikit-learn", "xgboost", "skops", "numpy", "pandas", "shap"):
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            pass
     return out
 
 
@@ -101,7 +101,9 @@ def _class_names(final: Any, given: list[str] | None) -> tuple[str, ...]:
         raise RegistrationError("the classifier has no classes_; is it fitted?")
     if given is not None:
         if len(given) != len(classes):
-            raise RegistrationError(f"class_names has {len(given)} entries, the model has {len(classes)} classes")
+            raise RegistrationError(
+                f"class_names has {len(given)} entries, the model has {len(classes)} classes"
+            )
         return tuple(str(c) for c in given)
     return tuple(classes)
 
@@ -131,7 +133,9 @@ def _deserialize(ref: ArtifactRef, data: bytes, where: str) -> Any:
         return artifacts.load_skops(data, where=where)
     if ref.format == "xgboost-ubj":
         return artifacts.load_xgboost(data, ref.cls, where=where)
-    raise ArtifactRefused(where, f"unknown artifact format {ref.format!r} (accepted: {', '.join(artifacts.FORMATS)})")
+    raise ArtifactRefused(
+        where, f"unknown artifact format {ref.format!r} (accepted: {', '.join(artifacts.FORMATS)})"
+    )
 
 
 def _background_csv(frame: pd.DataFrame) -> bytes:
@@ -169,7 +173,7 @@ def register_model(
     task: str | None = None,
     class_names: list[str] | None = None,
     favorable: str | None = None,
-    constraints: dict[str, dict[str, Any] | Constraint] | None = None,
+    constraints: Mapping[str, Mapping[str, Any] | Constraint] | None = None,
     models_dir: str | os.PathLike[str] | None = None,
     description: str | None = None,
     feature_overrides: dict[str, dict[str, Any]] | None = None,
@@ -202,7 +206,9 @@ def register_model(
     RegistrationError
         When the model, background or options cannot be stored faithfully.
     """
-    root = Path(models_dir if models_dir is not None else os.environ.get("EXPLAIN_MODELS_DIR", DEFAULT_MODELS_DIR))
+    root = Path(
+        models_dir if models_dir is not None else os.environ.get("EXPLAIN_MODELS_DIR", DEFAULT_MODELS_DIR)
+    )
     if not NAME_RE.match(name):
         raise RegistrationError(f"name {name!r} must match {NAME_RE.pattern}")
     version = version if version is not None else next_version(root, name)
@@ -287,7 +293,9 @@ def _check_round_trip(model: Any, loaded: LoadedModel, background: pd.DataFrame)
         expected = np.asarray(model.predict(background)).reshape(-1)
         got = loaded.predict_value(background)
     if expected.shape != got.shape or not np.allclose(expected, got, rtol=0, atol=1e-9):
-        raise RegistrationError("the stored model does not reproduce the original's predictions on the background")
+        raise RegistrationError(
+            "the stored model does not reproduce the original's predictions on the background"
+        )
 
 
 def list_names(models_dir: Path) -> list[str]:
@@ -328,7 +336,9 @@ def load_version_dir(version_dir: Path) -> LoadedModel:
         if fname not in expected or "/" in fname or fname.startswith("."):
             raise IntegrityError(str(version_dir / fname), "not listed in the manifest's files table")
     blobs = {f: artifacts.read_verified(version_dir / f, expected[f]) for f in needed}
-    estimator = _deserialize(manifest.estimator, blobs[manifest.estimator.file], str(version_dir / manifest.estimator.file))
+    estimator = _deserialize(
+        manifest.estimator, blobs[manifest.estimator.file], str(version_dir / manifest.estimator.file)
+    )
     pre = None
     if manifest.preprocessor is not None:
         where = str(version_dir / manifest.preprocessor.file)
