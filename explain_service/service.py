@@ -91,7 +91,7 @@ class ExplainService:
         for method in methods:
             given = raw.get(method) or {}
             try:
-                loaded[method] = self.explainers[method].options_schema().load(given)
+                loaded[method] = _options_schema(self.explainers[method]).load(given)
             except ValidationError as exc:
                 from explain_service.api.validation import flatten_errors
 
@@ -136,8 +136,12 @@ class ExplainService:
         options: dict[str, Any] | None = None,
         caller: str | None = None,
         record: bool = True,
+        instances: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
-        """Predict once, run every requested method, record, and answer."""
+        """Predict once, run every requested method, record, and answer.
+
+        ``instances`` are the validated records behind ``rows`` when the caller has them.
+        """
         loaded = self.load_options(methods, options or {})
         target_index = self.resolve_target(model, target)
         pred = self.predict(model, rows)
@@ -145,7 +149,8 @@ class ExplainService:
         if model.is_classifier:
             assert pred.classes is not None
             targets = np.full(len(rows), target_index) if target_index is not None else pred.classes
-        instances = rows_as_dicts(rows)
+        if instances is None:
+            instances = rows_as_dicts(rows)
         per_method: dict[str, list[dict[str, Any]]] = {}
         for method in methods:
             method_targets = targets
@@ -189,6 +194,17 @@ class ExplainService:
             ids = [uuid.uuid4().hex for _ in entries]
         answer_items = [{"id": i, **exp} for i, exp in zip(ids, explanations, strict=True)]
         return {"model": model_ref(model), "explanations": answer_items}
+
+
+_OPTION_SCHEMAS: dict[type, Any] = {}
+
+
+def _options_schema(explainer: Explainer) -> Any:
+    cls = explainer.options_schema
+    schema = _OPTION_SCHEMAS.get(cls)
+    if schema is None:
+        schema = _OPTION_SCHEMAS[cls] = cls()
+    return schema
 
 
 def model_ref(model: LoadedModel) -> dict[str, str]:

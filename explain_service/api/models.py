@@ -91,19 +91,19 @@ class ModelVersionView(MethodView):
 
 def _predict(body: dict[str, Any], name: str, version: str | None) -> Any:
     model = _model(name, version)
-    rows = _rows(model, body["instances"])
+    rows, _ = _rows(model, body["instances"])
     pred = _services().service.predict(model, rows)
     return json_response({"model": model_ref(model), "predictions": pred.answers})
 
 
 def _explain(body: dict[str, Any], name: str, version: str | None) -> Any:
     model = _model(name, version)
-    rows = _rows(model, body["instances"])
+    rows, records = _rows(model, body["instances"])
     methods = body["methods"]
     if len(set(methods)) != len(methods):
         raise ValidationFailed({"methods": ["Each method may be asked once."]})
     answer = _services().service.explain(
-        model, rows, methods, target=body.get("target"), options=body.get("options") or {}
+        model, rows, methods, target=body.get("target"), options=body.get("options") or {}, instances=records
     )
     return json_response(answer)
 

@@ -18,7 +18,7 @@ from marshmallow import Schema, ValidationError, fields, validate
 
 from explain_service.errors import ValidationFailed
 from explain_service.registry.model import LoadedModel
-from explain_service.registry.schema import Feature
+from explain_service.registry.schema import Feature, frame_from_records
 
 INT64_MAX = 2**63 - 1
 
@@ -106,8 +106,10 @@ def flatten_errors(errors: Any, prefix: str = "") -> dict[str, list[str]]:
     return out
 
 
-def validate_instances(model: LoadedModel, instances: list[Any], *, field: str = "instances") -> pd.DataFrame:
-    """Validate raw instances against the model's schema and return typed rows."""
+def validate_instances(
+    model: LoadedModel, instances: list[Any], *, field: str = "instances"
+) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+    """Validate raw instances against the model's schema; return typed rows and the clean records."""
     schema = instance_schema(model)
     errors: dict[str, list[str]] = {}
     clean: list[dict[str, Any]] = []
@@ -121,7 +123,7 @@ def validate_instances(model: LoadedModel, instances: list[Any], *, field: str =
             errors.update(flatten_errors(exc.messages, f"{field}.{i}"))
     if errors:
         raise ValidationFailed(errors)
-    return model.schema.coerce(pd.DataFrame(clean, columns=model.schema.names))
+    return frame_from_records(model.schema, clean), clean
 
 
 def validate_row_errors(model: LoadedModel, inst: Any) -> dict[str, list[str]]:

@@ -23,6 +23,7 @@ features, so one-hot columns appear as the single feature the caller sent.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -108,13 +109,14 @@ class ShapExplainer:
     def supports(self, model: LoadedModel) -> bool:
         return True
 
-    def explain(
+    def attributions(
         self,
         model: LoadedModel,
         rows: pd.DataFrame,
         targets: np.ndarray | None,
         options: dict[str, Any],
-    ) -> list[dict[str, Any]]:
+    ) -> ShapArrays:
+        """SHAP values as arrays (one row per input row, one column per input feature)."""
         output = options.get("output") or native_output(model)
         if output not in supported_outputs(model):
             raise OptionNotSupported(
@@ -125,6 +127,7 @@ class ShapExplainer:
         params: dict[str, Any] = {
             "background_sha256": model.manifest.files.get(model.manifest.background_file)
         }
+        per_row: list[dict[str, Any]] | None = None
         if path == "model_agnostic":
             values, base, out, per_row = _agnostic(model, rows, targets, output, options)
         else:
@@ -140,24 +143,51 @@ class ShapExplainer:
                 values, base, out = _linear(model, X, targets)
                 params["background_size"] = len(model.background)
             values = _sum_to_inputs(model, values)
-            per_row = [{} for _ in range(len(rows))]
+        return ShapArrays(output, path, values, np.asarray(base, dtype=np.float64), out, params, per_row)
+
+    def explain(
+        self,
+        model: LoadedModel,
+        rows: pd.DataFrame,
+        targets: np.ndarray | None,
+        options: dict[str, Any],
+    ) -> list[dict[str, Any]]:
+        arrays = self.attributions(model, rows, targets, options)
         names = model.schema.names
+        residuals = arrays.residuals()
         results = []
         for i in range(len(rows)):
-            row_values = {n: float(v) for n, v in zip(names, values[i], strict=True)}
-            residual = float(out[i] - base[i] - math.fsum(values[i]))
+            extra = dict(arrays.per_row[i]) if arrays.per_row is not None else {}
             results.append(
                 {
                     "target": model.class_names[int(targets[i])] if targets is not None else None,
-                    "output": output,
-                    "base_value": float(base[i]),
-                    "values": row_values,
-                    "additivity_residual": residual,
-                    "algorithm": per_row[i].pop("algorithm", path),
-                    "params": {**params, **per_row[i]},
+                    "output": arrays.output,
+                    "base_value": float(arrays.base[i]),
+                    "values": dict(zip(names, arrays.values[i].tolist(), strict=True)),
+                    "additivity_residual": float(residuals[i]),
+                    "algorithm": extra.pop("algorithm", arrays.algorithm),
+                    "params": {**arrays.params, **extra},
                 }
             )
         return results
+
+
+@dataclass
+class ShapArrays:
+    """SHAP values of many rows in columnar form (what the batch job writes)."""
+
+    output: str
+    algorithm: str
+    values: np.ndarray  # (n, n_features)
+    base: np.ndarray  # (n,)
+    out: np.ndarray  # (n,) the model's own output in ``output`` space
+    params: dict[str, Any]
+    per_row: list[dict[str, Any]] | None = None
+
+    def residuals(self) -> np.ndarray:
+        """output - base_value - sum(values), per row (exactly summed)."""
+        sums = np.array([math.fsum(r) for r in self.values.tolist()]) if len(self.values) else np.zeros(0)
+        return self.out - self.base - sums
 
 
 def _sum_to_inputs(model: LoadedModel, column_values: np.ndarray) -> np.ndarray:

@@ -73,6 +73,7 @@ class LoadedModel:
     library: str = field(init=False)
     transform_path: str = field(init=False)
     feature_index: np.ndarray | None = field(init=False, default=None)
+    threads: int = field(init=False, default=-1)
     _compiled: Compiled | None = field(init=False, default=None, repr=False)
     _cache: dict[str, Any] = field(init=False, default_factory=dict, repr=False)
 
@@ -139,6 +140,7 @@ class LoadedModel:
 
     def set_threads(self, n: int) -> None:
         """Limit native threads used by the estimator (1 per worker when serving)."""
+        self.threads = n
         if self.library == "xgboost-booster":
             self.estimator.set_param({"nthread": n})
         elif self.library == "xgboost":
@@ -147,10 +149,26 @@ class LoadedModel:
 
     # -- transform ------------------------------------------------------------------------------
     def columns(self, rows: pd.DataFrame) -> dict[str, np.ndarray]:
+        """Column arrays of ``rows`` (those kept by ``frame_from_records`` when present)."""
+        kept = rows.attrs.get("explain_service.columns")
+        if kept is not None and len(rows) == len(next(iter(kept.values()), ())):
+            return kept  # type: ignore[no-any-return]
         return {n: rows[n].to_numpy() for n in self.schema.names}
 
     def transform(self, rows: pd.DataFrame) -> np.ndarray:
-        """The estimator's input matrix for raw ``rows`` (dense float64)."""
+        """The estimator's input matrix for raw ``rows`` (dense float64).
+
+        The matrix is remembered on ``rows.attrs`` so that the prediction and every
+        method of one request transform the rows once.
+        """
+        memo = rows.attrs.get("explain_service.transformed")
+        if memo is not None and memo[0] == self.sha256 and memo[1].shape[0] == len(rows):
+            return memo[1]
+        X = self._transform(rows)
+        rows.attrs["explain_service.transformed"] = (self.sha256, X)
+        return X
+
+    def _transform(self, rows: pd.DataFrame) -> np.ndarray:
         if self.preprocessor is None:
             return rows[self.schema.names].to_numpy(dtype=np.float64)
         if self._compiled is not None:
@@ -178,13 +196,19 @@ class LoadedModel:
         import xgboost as xgb
 
         names = self.estimator.feature_names if self.library == "xgboost-booster" else None
-        return xgb.DMatrix(X, feature_names=names)
+        # DMatrix defaults to every core; on one-row requests starting those threads costs
+        # more than the TreeSHAP itself.
+        return xgb.DMatrix(X, feature_names=names, nthread=self.threads)
 
     def proba_matrix(self, X: np.ndarray) -> np.ndarray:
         """Class probabilities, (n, n_classes)."""
         if self.library == "xgboost-booster":
             p = self.estimator.predict(self._dmatrix(X))
             return np.column_stack([1.0 - p, p]) if p.ndim == 1 else p
+        if self.library == "xgboost" and self.estimator.n_classes_ == 2:
+            # What XGBClassifier.predict_proba computes for binary objectives, minus its overhead.
+            p = self.estimator.get_booster().inplace_predict(X, validate_features=False)
+            return np.vstack((1 - p, p)).T
         return np.asarray(self.estimator.predict_proba(X))
 
     def value_matrix(self, X: np.ndarray) -> np.ndarray:

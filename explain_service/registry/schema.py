@@ -132,6 +132,23 @@ class FeatureSchema:
         return pd.DataFrame(cols, index=frame.index)
 
 
+NUMPY_DTYPES = {"numeric": np.float64, "integer": np.int64, "boolean": np.bool_, "categorical": object}
+
+
+def frame_from_records(schema: FeatureSchema, records: list[dict[str, Any]]) -> pd.DataFrame:
+    """Typed rows from validated records, built column by column (no per-column casts).
+
+    The column arrays are also kept in ``frame.attrs["explain_service.columns"]``: pandas'
+    per-column access costs more than the compiled preprocessing of a one-row request.
+    """
+    columns: dict[str, np.ndarray] = {
+        f.name: np.array([r[f.name] for r in records], dtype=NUMPY_DTYPES[f.kind]) for f in schema.features
+    }
+    frame = pd.DataFrame(columns)
+    frame.attrs["explain_service.columns"] = columns
+    return frame
+
+
 def _as_number(value: Any) -> float:
     out = float(value)
     return int(out) if out.is_integer() and abs(out) < 2**53 else out
