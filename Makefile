@@ -1,9 +1,10 @@
 # explain-service: `make serve` and `make test` are the whole quick start.
-# The interpreter must be Python 3.12+; override with `make PYTHON=/path/to/python3.12 ...`.
+# The interpreter must be Python 3.12+ (3.12, the pinned runtime, is preferred);
+# override with `make PYTHON=/path/to/python3.12 ...`.
 
 SHELL := /bin/bash
 PYENV_ROOT ?= $(HOME)/.pyenv
-PYTHON ?= $(shell for c in python3.14 python3.13 python3.12 $$(ls -d $(PYENV_ROOT)/versions/3.1[2-9]*/bin/python3 2>/dev/null | sort -rV) python3; do \
+PYTHON ?= $(shell for c in python3.12 $$(ls -d $(PYENV_ROOT)/versions/3.12.*/bin/python3 2>/dev/null | sort -rV) python3 python3.13 python3.14 $$(ls -d $(PYENV_ROOT)/versions/3.1[3-9]*/bin/python3 2>/dev/null | sort -V); do \
 	p=$$(command -v $$c 2>/dev/null) || continue; \
 	$$p -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null && { echo $$p; break; }; done)
 VENV := .venv

@@ -27,6 +27,16 @@ from __future__ import annotations
 from http import HTTPStatus
 
 
+# Reason phrases pinned here: Python 3.13 renamed 422 to "Unprocessable Content", and the
+# error shape is part of the external contract.
+_PHRASES = {422: "Unprocessable Entity", 413: "Request Entity Too Large"}
+
+
+def status_phrase(status: int) -> str:
+    """The reason phrase of an HTTP status, stable across Python versions."""
+    return _PHRASES.get(status) or HTTPStatus(status).phrase
+
+
 class ServiceError(Exception):
     """Root of all deliberate errors; ``status`` is the HTTP status to answer with."""
 
@@ -41,7 +51,7 @@ class ServiceError(Exception):
         """The JSON error shape of the external contract."""
         out: dict[str, object] = {
             "code": self.status,
-            "status": HTTPStatus(self.status).phrase,
+            "status": status_phrase(self.status),
             "message": self.message,
         }
         if self.errors:

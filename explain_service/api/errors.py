@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from http import HTTPStatus
 from typing import Any
 
 from flask import Flask, Response
@@ -11,7 +10,7 @@ from flask_smorest import Api
 from werkzeug.exceptions import HTTPException
 
 from explain_service.api.validation import flatten_errors
-from explain_service.errors import ServiceError
+from explain_service.errors import ServiceError, status_phrase
 from explain_service.jsonio import json_response
 
 log = logging.getLogger(__name__)
@@ -19,7 +18,7 @@ LOCATIONS = ("json", "query", "path", "headers", "form", "files", "cookies")
 
 
 def error_body(status: int, message: str, errors: dict[str, list[str]] | None = None) -> dict[str, Any]:
-    body: dict[str, Any] = {"code": status, "status": HTTPStatus(status).phrase, "message": message}
+    body: dict[str, Any] = {"code": status, "status": status_phrase(status), "message": message}
     if errors:
         body["errors"] = errors
     return body
@@ -41,7 +40,7 @@ class ServiceApi(Api):
             if flat:
                 message = "Invalid request: " + ", ".join(sorted(flat)[:5])
             else:
-                message = error.description or HTTPStatus(status).phrase
+                message = error.description or status_phrase(status)
         return json_response(
             error_body(status, str(message), flat), status, headers=dict(error.get_headers()[1:])
         )
