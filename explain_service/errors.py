@@ -26,7 +26,6 @@ from __future__ import annotations
 
 from http import HTTPStatus
 
-
 # Reason phrases pinned here: Python 3.13 renamed 422 to "Unprocessable Content", and the
 # error shape is part of the external contract.
 _PHRASES = {422: "Unprocessable Entity", 413: "Request Entity Too Large"}
