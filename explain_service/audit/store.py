@@ -1,0 +1,518 @@
+"""The audit store: an append-only, hash-chained table of explanation records.
+
+One table holds the records; nothing ever updates or deletes a row::
+
+    audit_records                                     audit_schema_version
+    seq │ id │ created_at │ model_name │ model_version   version │ chain_format │ created_at
+        │ model_sha256 │ caller │ body │ prev_hash │ hash
+
+``body`` is the caller's JSON-ready dict as canonical JSON text, ``created_at`` UTC ISO-8601 text with
+microseconds (so it sorts and hashes as written), and each ``hash`` seals the record onto the one before
+it: ``sha256(prev_hash + canonical_json(envelope))`` (see :mod:`.chain`). :meth:`AuditStore.export` writes
+the JSON Lines format of :mod:`.jsonl`.
+
+Appending::
+
+    append(entries) ─► chain lock ─► read head (seq, hash) ─► seal entries in order ─► INSERT ─► COMMIT
+                        │
+                        ├ SQLite       BEGIN IMMEDIATE: the file's single write lock, across processes
+                        └ PostgreSQL   pg_advisory_xact_lock(CHAIN_LOCK_KEY), released at commit/rollback
+
+A batch is sealed and inserted in one transaction under the lock, so its records get consecutive ``seq``
+in the order given, and either all of it is stored or none. Unique constraints on ``seq``, ``prev_hash``
+(no two records may follow the same one, so the chain cannot fork), ``hash`` and ``id`` make a writer that
+skipped the lock fail instead of forking the chain. Waiting for the lock is bounded by ``timeout``
+(SQLite's busy timeout, PostgreSQL's ``lock_timeout``). On PostgreSQL the advisory lock needs no privilege
+beyond INSERT and SELECT, so the service's role can be denied UPDATE and DELETE on the table. SQLite runs
+in WAL mode, so readers go on while a writer holds the lock, with ``synchronous=FULL``: a committed record
+survives a power cut. Triggers reject UPDATE and DELETE (and TRUNCATE on PostgreSQL); they stop mistakes,
+not the database's owner, which is what the chain is for.
+
+Any failure to append raises :class:`AuditWriteError` and stores nothing of the batch; the caller must not
+answer without its record. (A commit whose acknowledgement is lost may still be stored: a record without
+an answer, never an answer without a record.)
+
+Review actions (approve, flag, escalate) belong in a separate append-only table that refers to
+``audit_records.id``; a record's status is its latest review. This table never changes for them.
+
+Errors, each with the HTTP ``status`` an API answers with::
+
+    AuditError (500)
+    ├── AuditUnavailableError (503)   the database cannot be reached or read
+    ├── AuditWriteError (503)         an append failed; nothing of it was stored
+    └── RecordNotFound (404)          no record has that id
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import fields, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, BinaryIO, ClassVar
+
+from sqlalchemy import (
+    DDL,
+    BigInteger,
+    CheckConstraint,
+    Column,
+    ColumnElement,
+    Connection,
+    Engine,
+    Index,
+    Integer,
+    MetaData,
+    Row,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    func,
+    insert,
+    inspect,
+    select,
+    text,
+)
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from explain_service.audit.chain import (
+    CHAIN_FORMAT,
+    GENESIS_HASH,
+    AuditEntry,
+    RawRecord,
+    StoredRecord,
+    VerifyReport,
+    canonical_json,
+    new_record_id,
+    utc_text,
+    walk_chain,
+)
+from explain_service.audit.jsonl import write_export
+
+SCHEMA_VERSION = 1
+CHAIN_LOCK_KEY = 0x6175646974636861  # b"auditcha": one fixed advisory-lock key shared by every writer
+_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_MAX_PAGE = 1000
+_STREAM_BATCH = 500
+_IMMEDIATE = "audit_begin_immediate"
+
+metadata = MetaData(
+    naming_convention={
+        "pk": "pk_%(table_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+    }
+)
+
+records = Table(
+    "audit_records",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("id", String(64), nullable=False, unique=True),
+    Column("created_at", String(32), nullable=False),
+    Column("model_name", String, nullable=False),
+    Column("model_version", String, nullable=False),
+    Column("model_sha256", String, nullable=False),
+    Column("caller", String, nullable=True),
+    Column("body", Text, nullable=False),
+    Column("prev_hash", String(64), nullable=False, unique=True),
+    Column("hash", String(64), nullable=False, unique=True),
+    CheckConstraint("seq >= 1", name="seq_positive"),
+    Index("ix_audit_records_model_name_seq", "model_name", "seq"),
+    Index("ix_audit_records_created_at", "created_at"),
+)
+
+schema_version = Table(
+    "audit_schema_version",
+    metadata,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("chain_format", String, nullable=False),
+    Column("created_at", String(32), nullable=False),
+)
+
+_REJECT = "audit_records is append-only"
+for _dialect, _statement in [
+    ("sqlite", f"CREATE TRIGGER audit_records_no_update BEFORE UPDATE ON audit_records "
+               f"BEGIN SELECT RAISE(ABORT, '{_REJECT}'); END"),
+    ("sqlite", f"CREATE TRIGGER audit_records_no_delete BEFORE DELETE ON audit_records "
+               f"BEGIN SELECT RAISE(ABORT, '{_REJECT}'); END"),
+    ("postgresql", f"CREATE OR REPLACE FUNCTION audit_records_reject() RETURNS trigger LANGUAGE plpgsql "
+                   f"AS $$ BEGIN RAISE EXCEPTION '{_REJECT}'; END $$"),
+    ("postgresql", "CREATE TRIGGER audit_records_no_change BEFORE UPDATE OR DELETE ON audit_records "
+                   "FOR EACH ROW EXECUTE FUNCTION audit_records_reject()"),
+    ("postgresql", "CREATE TRIGGER audit_records_no_truncate BEFORE TRUNCATE ON audit_records "
+                   "FOR EACH STATEMENT EXECUTE FUNCTION audit_records_reject()"),
+]:  # fmt: skip
+    event.listen(records, "after_create", DDL(_statement).execute_if(dialect=_dialect))
+
+_COLUMNS = [records.c[field.name] for field in fields(RawRecord)]
+
+
+class AuditError(Exception):
+    """Root of the audit store's errors; ``status`` is the HTTP status an API answers with."""
+
+    status: ClassVar[int] = 500
+
+
+class AuditUnavailableError(AuditError):
+    """The database cannot be reached or read."""
+
+    status = 503
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"the audit store is unavailable: {reason}")
+
+
+class AuditWriteError(AuditError):
+    """An append failed; nothing of the batch was stored."""
+
+    status = 503
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"the audit record could not be written: {reason}")
+
+
+class RecordNotFound(AuditError):
+    """No record has the id asked for."""
+
+    status = 404
+
+    def __init__(self, record_id: str) -> None:
+        self.record_id = record_id
+        super().__init__(f"no audit record with id {record_id!r}")
+
+
+class AuditStore:
+    """The audit trail in a SQLite file or a PostgreSQL database.
+
+    Parameters
+    ----------
+    url
+        SQLAlchemy URL: ``sqlite:///var/audit.sqlite3`` (its directory is created) or
+        ``postgresql+psycopg://user@host/db``. The schema is created on first use.
+    timeout
+        Seconds to wait for the chain lock, and to connect to PostgreSQL unless the URL says otherwise.
+    """
+
+    def __init__(self, url: str, *, timeout: float = 10.0) -> None:
+        self.url = make_url(url)
+        self.backend = self.url.get_backend_name()
+        self._timeout = timeout
+        if self.backend == "sqlite":
+            if self.url.database in (None, "", ":memory:") or self.url.query.get("mode") == "memory":
+                raise ValueError("the audit store needs a SQLite file, not an in-memory database")
+            self._engine = _sqlite_engine(self.url, timeout)
+        elif self.backend == "postgresql":
+            self._engine = _postgresql_engine(self.url, timeout)
+        else:
+            raise ValueError(f"the audit store supports sqlite and postgresql, not {self.backend!r}")
+        self._pid = os.getpid()
+        self._schema_lock = threading.Lock()
+        self._schema_ready = False
+
+    def __repr__(self) -> str:
+        return f"AuditStore({self.url.render_as_string(hide_password=True)!r})"
+
+    def __enter__(self) -> AuditStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close pooled connections; the store reconnects if used again."""
+        self._engine.dispose()
+
+    def append(self, entries: Sequence[AuditEntry]) -> list[StoredRecord]:
+        """Append ``entries`` in order, atomically; return them as stored.
+
+        Raises
+        ------
+        AuditWriteError
+            The batch could not be stored (database unreachable or read-only, lock wait timed out, an id
+            already taken...). Nothing of it was stored.
+        TypeError, ValueError
+            An entry is malformed (a body that is not a JSON-ready dict, a bad or repeated id).
+        """
+        prepared = [_prepare(entry) for entry in entries]
+        ids = [raw.id for raw in prepared]
+        if len(set(ids)) != len(ids):
+            raise ValueError("record ids repeat within the batch")
+        if not prepared:
+            return []
+        try:
+            self._ensure_schema()
+            with self._chain_locked() as conn:
+                seq, prev_hash = _head(conn)
+                created_at = utc_text(_now())
+                sealed: list[RawRecord] = []
+                for raw in prepared:
+                    seq += 1
+                    sealed.append(replace(raw, seq=seq, created_at=created_at, prev_hash=prev_hash).sealed())
+                    prev_hash = sealed[-1].hash
+                conn.execute(insert(records), [_values(raw) for raw in sealed])
+        except AuditUnavailableError as exc:
+            raise AuditWriteError(exc.reason) from exc
+        except SQLAlchemyError as exc:
+            raise AuditWriteError(_reason(exc)) from exc
+        return [StoredRecord.from_raw(raw) for raw in sealed]
+
+    def get(self, record_id: str) -> StoredRecord | None:
+        """The record with ``record_id``, or None."""
+        with self._reading() as conn:
+            row = conn.execute(select(*_COLUMNS).where(records.c.id == record_id)).first()
+        return None if row is None else StoredRecord.from_raw(_raw(row))
+
+    def require(self, record_id: str) -> StoredRecord:
+        """The record with ``record_id``; raises :class:`RecordNotFound` if there is none."""
+        record = self.get(record_id)
+        if record is None:
+            raise RecordNotFound(record_id)
+        return record
+
+    def count(
+        self, *, model_name: str | None = None, since: datetime | None = None, until: datetime | None = None
+    ) -> int:
+        """How many records match (all of them by default); filters as in :meth:`list_records`."""
+        query = select(func.count()).select_from(records).where(*_filters(model_name, since, until))
+        with self._reading() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def list_records(
+        self,
+        *,
+        model_name: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        before_seq: int | None = None,
+    ) -> list[StoredRecord]:
+        """Records newest first.
+
+        ``since`` (inclusive) and ``until`` (exclusive) are aware datetimes compared with ``created_at``.
+        Page with ``offset``, or with ``before_seq`` set to the last ``seq`` of the previous page, which
+        stays cheap however deep the page and does not shift when records are appended meanwhile.
+        """
+        if not 1 <= limit <= _MAX_PAGE or offset < 0:
+            raise ValueError(f"limit must be 1..{_MAX_PAGE} and offset >= 0")
+        clauses = _filters(model_name, since, until)
+        if before_seq is not None:
+            clauses.append(records.c.seq < before_seq)
+        query = select(*_COLUMNS).where(*clauses).order_by(records.c.seq.desc()).limit(limit).offset(offset)
+        with self._reading() as conn:
+            rows = conn.execute(query).all()
+        return [StoredRecord.from_raw(_raw(row)) for row in rows]
+
+    def head(self) -> tuple[int, str]:
+        """``(seq, hash)`` of the newest record; ``(0, GENESIS_HASH)`` when empty. Cheap: keep it elsewhere."""
+        with self._reading() as conn:
+            return _head(conn)
+
+    def verify(self, *, expected_head: str | None = None) -> VerifyReport:
+        """Recompute every hash in ``seq`` order, streaming, and report the first break.
+
+        Deleting the newest records leaves a valid shorter chain; pass a head hash kept elsewhere (an
+        export's trailer, an earlier :meth:`head`) as ``expected_head`` to detect that.
+        """
+        query = select(*_COLUMNS).order_by(records.c.seq).execution_options(yield_per=_STREAM_BATCH)
+        with self._reading() as conn:
+
+            def locate(wanted: str) -> tuple[int, str] | None:
+                where = records.c.hash == wanted
+                found = conn.execute(select(records.c.seq, records.c.id).where(where).limit(1)).first()
+                return None if found is None else (int(found.seq), str(found.id))
+
+            result = conn.execute(query)
+            try:
+                return walk_chain((_raw(row) for row in result), locate=locate, expected_head=expected_head)
+            finally:
+                result.close()
+
+    def export(self, out: BinaryIO) -> str:
+        """Write every record as JSON Lines, then a trailer (format in :mod:`.jsonl`); return the head hash.
+
+        The export copies; it does not check. Run :meth:`verify`, or :func:`.jsonl.verify_export` on the file.
+        """
+        query = select(*_COLUMNS).order_by(records.c.seq).execution_options(yield_per=_STREAM_BATCH)
+        with self._reading() as conn:
+            result = conn.execute(query)
+            try:
+                return write_export((_raw(row) for row in result), out)
+            finally:
+                result.close()
+
+    def ping(self) -> bool:
+        """Whether the database answers and holds the schema (creating it on first use)."""
+        try:
+            with self._reading() as conn:
+                conn.execute(select(1))
+        except AuditError:
+            return False
+        return True
+
+    def _connect(self) -> Connection:
+        if os.getpid() != self._pid:
+            # A forked worker must not share the parent's pooled connections; drop them without closing.
+            self._engine.dispose(close=False)
+            self._pid = os.getpid()
+        return self._engine.connect()
+
+    @contextmanager
+    def _reading(self) -> Iterator[Connection]:
+        try:
+            self._ensure_schema()
+            with self._connect() as conn:
+                yield conn
+        except SQLAlchemyError as exc:
+            raise AuditUnavailableError(_reason(exc)) from exc
+
+    @contextmanager
+    def _chain_locked(self) -> Iterator[Connection]:
+        """A transaction that alone may append to the chain until it ends."""
+        with self._connect() as conn:
+            if self.backend == "sqlite":
+                conn.execution_options(**{_IMMEDIATE: True})
+            with conn.begin():
+                if self.backend == "postgresql":
+                    wait = f"{round(self._timeout * 1000)}ms"
+                    conn.execute(text("SELECT set_config('lock_timeout', :wait, true)"), {"wait": wait})
+                    conn.execute(select(func.pg_advisory_xact_lock(CHAIN_LOCK_KEY)))
+                yield conn
+
+    def _ensure_schema(self) -> None:
+        if self._schema_ready:
+            return
+        with self._schema_lock:
+            if self._schema_ready:
+                return
+            try:
+                self._make_directory()
+                with self._connect() as conn:
+                    version = _schema_version(conn)
+                if version is None:
+                    with self._chain_locked() as conn:
+                        metadata.create_all(conn)
+                        version = _schema_version(conn)
+                        if version is None:
+                            version = SCHEMA_VERSION
+                            row = {"version": version, "chain_format": CHAIN_FORMAT}
+                            conn.execute(insert(schema_version).values(created_at=utc_text(_now()), **row))
+            except SQLAlchemyError as exc:
+                raise AuditUnavailableError(_reason(exc)) from exc
+            if version > SCHEMA_VERSION:
+                raise AuditUnavailableError(f"schema version {version} is newer than {SCHEMA_VERSION}")
+            self._schema_ready = True
+
+    def _make_directory(self) -> None:
+        if self.backend != "sqlite" or not self.url.database:
+            return
+        path = self.url.database.removeprefix("file:") if self.url.query.get("uri") else self.url.database
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise AuditUnavailableError(f"cannot create the directory for {path}: {exc}") from exc
+
+
+def _sqlite_engine(url: URL, timeout: float) -> Engine:
+    engine = create_engine(url)
+
+    @event.listens_for(engine, "connect")
+    def _configure(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # the driver must not BEGIN on its own; _begin does
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {round(timeout * 1000)}")
+            cursor.execute("PRAGMA foreign_keys = ON")
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA synchronous = FULL")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        immediate = conn.get_execution_options().get(_IMMEDIATE, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+def _postgresql_engine(url: URL, timeout: float) -> Engine:
+    connect_args = {} if "connect_timeout" in url.query else {"connect_timeout": max(1, round(timeout))}
+    return create_engine(url, connect_args=connect_args, isolation_level="READ COMMITTED", pool_pre_ping=True)
+
+
+def _prepare(entry: AuditEntry) -> RawRecord:
+    """Check an entry and turn it into an unsealed record (no seq, time or hashes yet)."""
+    if not isinstance(entry.body, Mapping):
+        raise TypeError(f"an audit body must be a dict, not {type(entry.body).__name__}")
+    for name in ("model_name", "model_version", "model_sha256"):
+        if not isinstance(getattr(entry, name), str) or not getattr(entry, name):
+            raise ValueError(f"{name} must be a non-empty string")
+    if entry.caller is not None and not isinstance(entry.caller, str):
+        raise TypeError(f"caller must be a string or None, not {type(entry.caller).__name__}")
+    if entry.id is not None and not (isinstance(entry.id, str) and _ID_PATTERN.fullmatch(entry.id)):
+        raise ValueError(f"invalid record id {entry.id!r}")
+    return RawRecord(
+        seq=0,
+        id=entry.id or new_record_id(),
+        created_at="",
+        model_name=entry.model_name,
+        model_version=entry.model_version,
+        model_sha256=entry.model_sha256,
+        caller=entry.caller,
+        body=canonical_json(dict(entry.body)).decode(),
+        prev_hash="",
+        hash="",
+    )
+
+
+def _head(conn: Connection) -> tuple[int, str]:
+    row = conn.execute(select(records.c.seq, records.c.hash).order_by(records.c.seq.desc()).limit(1)).first()
+    return (0, GENESIS_HASH) if row is None else (int(row.seq), str(row.hash))
+
+
+def _schema_version(conn: Connection) -> int | None:
+    if not inspect(conn).has_table(schema_version.name):
+        return None
+    version = conn.execute(select(func.max(schema_version.c.version))).scalar()
+    return None if version is None else int(version)
+
+
+def _filters(
+    model_name: str | None, since: datetime | None, until: datetime | None
+) -> list[ColumnElement[bool]]:
+    clauses: list[ColumnElement[bool]] = []
+    if model_name is not None:
+        clauses.append(records.c.model_name == model_name)
+    if since is not None:
+        clauses.append(records.c.created_at >= utc_text(since))
+    if until is not None:
+        clauses.append(records.c.created_at < utc_text(until))
+    return clauses
+
+
+def _raw(row: Row[Any]) -> RawRecord:
+    return RawRecord(**row._mapping)
+
+
+def _values(raw: RawRecord) -> dict[str, Any]:
+    return {field.name: getattr(raw, field.name) for field in fields(raw)}
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _reason(exc: SQLAlchemyError) -> str:
+    """The driver's message, first line only: enough to act on, without SQL or bound values."""
+    cause = getattr(exc, "orig", None) or exc
+    return (str(cause).strip().splitlines() or [type(cause).__name__])[0]
