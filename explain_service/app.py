@@ -7,8 +7,11 @@ from typing import Any
 
 from flask import Flask
 
+from explain_service.audit.recorder import AuditRecorder
+from explain_service.audit.store import AuditStore
 from explain_service.config import Settings
 from explain_service.jsonio import OrjsonProvider
+from explain_service.plots.render import PlotCache
 from explain_service.registry.store import ModelRegistry
 from explain_service.service import ExplainService
 
@@ -21,7 +24,9 @@ class Services:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.registry = ModelRegistry(settings.models_dir, threads=settings.model_threads)
-        self.service = ExplainService()
+        self.audit = AuditStore(settings.database_url)
+        self.service = ExplainService(recorder=AuditRecorder(self.audit))
+        self.plots = PlotCache(settings.plots_dir)
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:

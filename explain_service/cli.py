@@ -143,5 +143,66 @@ def models_build_demo(models_dir: str | None, only: tuple[str, ...]) -> None:
     click.echo(f"built {', '.join(built)}" if built else f"demo models already present under {root}")
 
 
+@main.group()
+def audit() -> None:
+    """The tamper-evident audit trail."""
+
+
+def _store(database_url: str | None):  # type: ignore[no-untyped-def]
+    from explain_service.audit.store import AuditStore
+
+    return AuditStore(database_url or Settings.from_env().database_url)
+
+
+@audit.command("verify")
+@click.option(
+    "--database-url", default=None, help="default: $EXPLAIN_DATABASE_URL or sqlite:///var/audit.sqlite3"
+)
+@click.option(
+    "--expected-head",
+    default=None,
+    help="head hash kept elsewhere (e.g. from an export): also catches deleted newest records",
+)
+def audit_verify(database_url: str | None, expected_head: str | None) -> None:
+    """Walk the hash chain; exit 1 naming the first record that was edited, deleted or reordered."""
+    from explain_service.audit.store import AuditError
+
+    try:
+        report = _store(database_url).verify(expected_head=expected_head)
+    except AuditError as exc:
+        raise click.ClickException(str(exc)) from None
+    if report.ok:
+        click.echo(f"ok: {report.checked} records, head {report.head_hash} (seq {report.head_seq})")
+        return
+    click.echo(
+        f"BROKEN at seq {report.first_bad_seq} (record {report.first_bad_id or 'missing'}): {report.reason}"
+        + (f" - {report.detail}" if report.detail else ""),
+        err=True,
+    )
+    click.echo(f"{report.checked} records before it verify; last good head {report.head_hash}", err=True)
+    sys.exit(1)
+
+
+@audit.command("export")
+@click.option("--database-url", default=None)
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False, writable=True), default="-", show_default=True
+)
+def audit_export(database_url: str | None, output: str) -> None:
+    """Write every record as JSON Lines (with a trailer holding the head hash)."""
+    from explain_service.audit.store import AuditError
+
+    try:
+        if output == "-":
+            head = _store(database_url).export(sys.stdout.buffer)
+            sys.stdout.buffer.flush()
+        else:
+            with open(output, "wb") as fh:
+                head = _store(database_url).export(fh)
+    except AuditError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"head {head}", err=True)
+
+
 if __name__ == "__main__":
     main()

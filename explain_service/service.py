@@ -174,7 +174,8 @@ class ExplainService:
                 item[method] = per_method[method][i]
             source = item.get("shap") or item.get("lime")
             if source is not None:
-                attributions = source.get("values") or source.get("weights") or {}
+                # LIME's weights are slopes; its contributions are the per-feature attributions.
+                attributions = source.get("values") or source.get("contributions") or {}
                 item["reasons"] = reasons(
                     attributions,
                     instance,
@@ -184,15 +185,18 @@ class ExplainService:
                     class_names=model.class_names,
                 )
             explanations.append(item)
+        request = {"methods": methods, "target": target, "options": options or {}}
         entries = [
-            {"instance": inst, "methods": methods, "target": target, "options": loaded, "explanation": exp}
+            {"instance": inst, "request": request, "explanation": exp}
             for inst, exp in zip(instances, explanations, strict=True)
         ]
         if record and self.recorder is not None:
             ids = self.recorder.record(model, entries, caller)
         else:
             ids = [uuid.uuid4().hex for _ in entries]
-        answer_items = [{"id": i, **exp} for i, exp in zip(ids, explanations, strict=True)]
+        answer_items = []
+        for record_id, exp in zip(ids, explanations, strict=True):
+            answer_items.append({"id": record_id, **exp, "plots": plot_urls(record_id, exp)})
         return {"model": model_ref(model), "explanations": answer_items}
 
 
@@ -205,6 +209,13 @@ def _options_schema(explainer: Explainer) -> Any:
     if schema is None:
         schema = _OPTION_SCHEMAS[cls] = cls()
     return schema
+
+
+def plot_urls(record_id: str, explanation: dict[str, Any]) -> dict[str, str]:
+    """URLs of the plots an explanation can be drawn as (rendered on first fetch)."""
+    from explain_service.plots.render import available_plots
+
+    return {name: f"/v1/explanations/{record_id}/plots/{name}.png" for name in available_plots(explanation)}
 
 
 def model_ref(model: LoadedModel) -> dict[str, str]:

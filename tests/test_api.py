@@ -106,7 +106,7 @@ def test_regression_and_multiclass(client, registry) -> None:
     assert status == 200 and answer["explanations"][0]["shap"]["target"] == "class_2"
 
 
-def test_repeated_requests_are_byte_identical_apart_from_ids(client) -> None:
+def test_repeated_requests_are_byte_identical_apart_from_ids_and_plot_urls(client) -> None:
     body = {"instances": [GERMAN_ROW], "options": {"shap": {"output": "probability"}}}
     answers = []
     for _ in range(2):
@@ -115,6 +115,10 @@ def test_repeated_requests_are_byte_identical_apart_from_ids(client) -> None:
         )
         parsed = orjson.loads(r.data)
         for e in parsed["explanations"]:
+            assert e.pop("plots") == {
+                name: f"/v1/explanations/{e['id']}/plots/{name}.png"
+                for name in ("shap_waterfall", "shap_bar")
+            }
             e.pop("id")
         answers.append(orjson.dumps(parsed))
     assert answers[0] == answers[1]

@@ -10,7 +10,6 @@ import hashlib
 import io
 import itertools
 import multiprocessing
-import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -74,39 +73,6 @@ def renumber(url: str, from_seq: int, by: int) -> None:
     """Move records from ``from_seq`` on by ``by`` positions (in two steps, so seq stays unique)."""
     tamper(url, "UPDATE audit_records SET seq = seq + 1000 WHERE seq >= :s", s=from_seq)
     tamper(url, "UPDATE audit_records SET seq = seq - 1000 + :by WHERE seq >= 1000", by=by)
-
-
-@pytest.fixture
-def sqlite_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'var' / 'audit.sqlite3'}"
-
-
-@pytest.fixture
-def postgresql_url() -> Iterator[str]:
-    base = os.environ.get(PG_ENV)
-    if not base:
-        pytest.skip(f"{PG_ENV} is not set")
-    schema = f"audit_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-        url = make_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        admin.dispose()
-
-
-@pytest.fixture(
-    params=[
-        pytest.param("sqlite", id="sqlite"),
-        pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgres),
-    ]
-)
-def url(request: pytest.FixtureRequest) -> str:
-    return str(request.getfixturevalue(f"{request.param}_url"))
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from explain_service.api import docs, errors, health, models
+from explain_service.api import docs, errors, explanations, health, models
 
 
 def init_app(app: Flask) -> None:
@@ -12,6 +12,7 @@ def init_app(app: Flask) -> None:
     api = errors.ServiceApi(app)
     api.register_blueprint(health.blp)
     api.register_blueprint(models.blp)
+    api.register_blueprint(explanations.blp)
     errors.init_app(app)
     docs.init_app(app)
     app.extensions["explain_api"] = api

@@ -10,6 +10,7 @@ from flask_smorest import Api
 from werkzeug.exceptions import HTTPException
 
 from explain_service.api.validation import flatten_errors
+from explain_service.audit.store import AuditError
 from explain_service.errors import ServiceError, status_phrase
 from explain_service.jsonio import json_response
 
@@ -54,6 +55,12 @@ def init_app(app: Flask) -> None:
         if exc.status >= 500:
             log.error("service error: %s", exc.message)
         return json_response(exc.to_dict(), exc.status)
+
+    @app.errorhandler(AuditError)
+    def _audit_error(exc: AuditError) -> Response:
+        log.error("audit store: %s", exc)
+        status = int(getattr(exc, "status", 500))
+        return json_response(error_body(status, str(exc)), status)
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:

@@ -113,3 +113,28 @@ class ErrorSchema(Schema):
     status = fields.String()
     message = fields.String()
     errors = fields.Dict(keys=fields.String(), values=fields.List(fields.String()))
+
+
+class AuditFields(Schema):
+    seq = fields.Integer()
+    created_at = fields.String()
+    caller = fields.String(allow_none=True)
+    hash = fields.String()
+    prev_hash = fields.String()
+    instance = fields.Dict()
+    request = fields.Dict()
+    quality = fields.Dict()
+    libraries = fields.Dict()
+    plot_hashes = fields.Dict()
+
+
+class StoredExplanation(ExplainResponse):
+    audit = fields.Nested(AuditFields)
+
+
+class ReplayReport(Schema):
+    id = fields.String()
+    model = fields.Nested(ModelRefSchema)
+    identical = fields.Boolean()
+    differing = fields.List(fields.String())
+    reason = fields.String()

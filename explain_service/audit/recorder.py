@@ -1,0 +1,112 @@
+"""What an audit record holds, and the recorder the explanation service writes through.
+
+A record body is everything needed to show the explanation again and to
+recompute it::
+
+    {"kind": "explanation",
+     "model": {"name", "version", "sha256"},
+     "libraries": {"explain-service", "shap", "xgboost", "scikit-learn", "numpy", ...},
+     "request": {"methods": [...], "target": ..., "options": {...as sent}},
+     "instance": {feature: value},            # the validated input
+     "explanation": {"prediction", "shap", "lime", "counterfactual", "reasons"},
+     "quality": {"shap_additivity_residual", "lime_score", "counterfactual_validity"},
+     "plots": {plot name: content hash}}       # hashes of the PNGs, rendered on first fetch
+
+Each method's result carries the parameters that shaped it (seed, num_samples,
+background hash, output space) in its own ``params``.
+"""
+
+from __future__ import annotations
+
+import platform
+from functools import cache
+from importlib import metadata
+from typing import Any
+
+from explain_service.audit.store import AuditEntry, AuditStore, AuditWriteError
+from explain_service.errors import AuditUnavailable
+from explain_service.registry.model import LoadedModel
+
+
+@cache
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that compute explanations, in this process."""
+    out = {"python": platform.python_version()}
+    for dist in ("explain-service", "shap", "lime", "xgboost", "scikit-learn", "numpy", "pandas"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def quality(explanation: dict[str, Any]) -> dict[str, Any]:
+    """The figures a reviewer checks first."""
+    out: dict[str, Any] = {}
+    if "shap" in explanation:
+        out["shap_additivity_residual"] = explanation["shap"].get("additivity_residual")
+    if "lime" in explanation:
+        out["lime_score"] = explanation["lime"].get("score")
+    if "counterfactual" in explanation:
+        out["counterfactual_validity"] = (explanation["counterfactual"].get("metrics") or {}).get("validity")
+    return out
+
+
+def record_body(
+    model: LoadedModel,
+    instance: dict[str, Any],
+    explanation: dict[str, Any],
+    request: dict[str, Any],
+) -> dict[str, Any]:
+    """The body of one audit record (see the module docstring)."""
+    from explain_service.plots.render import available_plots, plot_key
+
+    ref = {"name": model.name, "version": model.version, "sha256": model.sha256}
+    plots = {name: plot_key(name, explanation, instance, ref) for name in available_plots(explanation)}
+    return {
+        "kind": "explanation",
+        "model": ref,
+        "libraries": library_versions(),
+        "request": request,
+        "instance": instance,
+        "explanation": explanation,
+        "quality": quality(explanation),
+        "plots": plots,
+    }
+
+
+def entry_for(
+    model: LoadedModel,
+    instance: dict[str, Any],
+    explanation: dict[str, Any],
+    request: dict[str, Any],
+    caller: str | None = None,
+) -> AuditEntry:
+    """The audit entry of one explanation."""
+    return AuditEntry(
+        body=record_body(model, instance, explanation, request),
+        model_name=model.name,
+        model_version=model.version,
+        model_sha256=model.sha256,
+        caller=caller,
+    )
+
+
+class AuditRecorder:
+    """Writes one record per explanation before the answer is sent; failure means no answer."""
+
+    def __init__(self, store: AuditStore) -> None:
+        self.store = store
+
+    def record(self, model: LoadedModel, entries: list[dict[str, Any]], caller: str | None) -> list[str]:
+        audit_entries = [
+            entry_for(model, e["instance"], e["explanation"], e["request"], caller) for e in entries
+        ]
+        try:
+            stored = self.store.append(audit_entries)
+        except AuditWriteError as exc:
+            raise AuditUnavailable(exc.reason) from None
+        return [s.id for s in stored]
+
+    def ping(self) -> bool:
+        return self.store.ping()
