@@ -17,10 +17,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import gunicorn, percentile_ms, write_section  # noqa: E402
-from bench.bench_shap import MODELS, http_post  # noqa: E402
-from explain_service.registry.demo import build_demo  # noqa: E402
-from explain_service.registry.store import ModelRegistry  # noqa: E402
+from bench._common import gunicorn, percentile_ms, write_section
+from bench.bench_shap import MODELS, http_post
+from explain_service.registry.demo import build_demo
+from explain_service.registry.store import ModelRegistry
 
 N = 400
 PATH = "/v1/models/german-credit:explain"
@@ -28,9 +28,10 @@ PATH = "/v1/models/german-credit:explain"
 
 def measure(database_url: str, bodies: list[bytes]) -> tuple[list[float], list[float]]:
     env = {"EXPLAIN_MODELS_DIR": str(MODELS), "EXPLAIN_DATABASE_URL": database_url}
-    with gunicorn("explain_service.app:create_app()", env=env) as audited, gunicorn(
-        "bench.noaudit_app:create_app()", env=env
-    ) as bare:
+    with (
+        gunicorn("explain_service.app:create_app()", env=env) as audited,
+        gunicorn("bench.noaudit_app:create_app()", env=env) as bare,
+    ):
         pa, pb = int(audited.rsplit(":", 1)[1]), int(bare.rsplit(":", 1)[1])
         for b in bodies[:20]:
             http_post(pa, PATH, b)
@@ -47,7 +48,9 @@ def main() -> None:
     model = ModelRegistry(MODELS).get("german-credit")
     rows = model.background.sample(N, replace=True, random_state=2)
     bodies = [
-        json.dumps({"instances": [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()}]}).encode()
+        json.dumps(
+            {"instances": [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()}]}
+        ).encode()
         for r in rows.to_dict("records")
     ]
     stores = {}
