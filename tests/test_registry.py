@@ -214,3 +214,18 @@ def test_unknown_model_and_version(registry: ModelRegistry) -> None:
         registry.get("nope")
     with pytest.raises(ModelNotFound, match="version '9'"):
         registry.get("german-credit", "9")
+
+
+def test_a_version_registered_while_serving_is_seen(models_dir: Path) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    registry = ModelRegistry(models_dir)
+    assert registry.versions("german-credit") == ["1"]
+    X, y = _tiny()
+    Xn = X[["income", "children"]]
+    register_model(
+        LogisticRegression().fit(Xn, y), "german-credit", "2", background=Xn, models_dir=models_dir
+    )
+    assert registry.versions("german-credit") == ["1", "2"]
+    assert registry.get("german-credit").version == "2"
+    assert registry.versions("../etc") == []

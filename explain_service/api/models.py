@@ -21,6 +21,11 @@ blp = Blueprint(
 )
 
 
+# Schema instances, not classes: webargs would build a new schema object on every request.
+PREDICT_REQUEST = schemas.PredictRequest()
+EXPLAIN_REQUEST = schemas.ExplainRequest()
+
+
 def _services() -> Any:
     return current_app.extensions["explain"]
 
@@ -110,7 +115,7 @@ def _explain(body: dict[str, Any], name: str, version: str | None) -> Any:
 
 @blp.route("/<name>:predict")
 class PredictView(MethodView):
-    @blp.arguments(schemas.PredictRequest)
+    @blp.arguments(PREDICT_REQUEST)
     @blp.response(200, schemas.PredictResponse)
     @blp.alt_response(422, schema=schemas.ErrorSchema)
     def post(self, body: dict[str, Any], name: str) -> Any:
@@ -120,7 +125,7 @@ class PredictView(MethodView):
 
 @blp.route("/<name>/versions/<version>:predict")
 class PredictVersionView(MethodView):
-    @blp.arguments(schemas.PredictRequest)
+    @blp.arguments(PREDICT_REQUEST)
     @blp.response(200, schemas.PredictResponse)
     @blp.alt_response(422, schema=schemas.ErrorSchema)
     def post(self, body: dict[str, Any], name: str, version: str) -> Any:
@@ -130,7 +135,7 @@ class PredictVersionView(MethodView):
 
 @blp.route("/<name>:explain")
 class ExplainView(MethodView):
-    @blp.arguments(schemas.ExplainRequest)
+    @blp.arguments(EXPLAIN_REQUEST)
     @blp.response(200, schemas.ExplainResponse)
     @blp.alt_response(422, schema=schemas.ErrorSchema)
     def post(self, body: dict[str, Any], name: str) -> Any:
@@ -140,7 +145,7 @@ class ExplainView(MethodView):
 
 @blp.route("/<name>/versions/<version>:explain")
 class ExplainVersionView(MethodView):
-    @blp.arguments(schemas.ExplainRequest)
+    @blp.arguments(EXPLAIN_REQUEST)
     @blp.response(200, schemas.ExplainResponse)
     @blp.alt_response(422, schema=schemas.ErrorSchema)
     def post(self, body: dict[str, Any], name: str, version: str) -> Any:

@@ -144,7 +144,7 @@ def frame_from_records(schema: FeatureSchema, records: list[dict[str, Any]]) -> 
     columns: dict[str, np.ndarray] = {
         f.name: np.array([r[f.name] for r in records], dtype=NUMPY_DTYPES[f.kind]) for f in schema.features
     }
-    frame = pd.DataFrame(columns)
+    frame = pd.DataFrame(columns, copy=False)
     frame.attrs["explain_service.columns"] = columns
     return frame
 

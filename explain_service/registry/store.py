@@ -357,13 +357,26 @@ class ModelRegistry:
         self.models_dir = Path(models_dir)
         self.threads = threads
         self._loaded: dict[tuple[str, str], LoadedModel] = {}
+        self._versions: dict[str, tuple[int, list[str]]] = {}
         self._lock = threading.Lock()
 
     def names(self) -> list[str]:
         return list_names(self.models_dir)
 
     def versions(self, name: str) -> list[str]:
-        return list_versions(self.models_dir, name)
+        """Versions of ``name``, re-listed only when its directory changed (a new version appeared)."""
+        if not NAME_RE.match(name):
+            return []
+        try:
+            stamp = (self.models_dir / name).stat().st_mtime_ns
+        except (OSError, ValueError):
+            return []
+        known = self._versions.get(name)
+        if known is not None and known[0] == stamp:
+            return known[1]
+        versions = list_versions(self.models_dir, name)
+        self._versions[name] = (stamp, versions)
+        return versions
 
     def default_version(self, name: str) -> str:
         versions = self.versions(name)
