@@ -193,9 +193,14 @@ class ShapArrays:
 def _sum_to_inputs(model: LoadedModel, column_values: np.ndarray) -> np.ndarray:
     """Sum attributions of transformed columns into their original features."""
     assert model.feature_index is not None
-    out = np.zeros((column_values.shape[0], len(model.schema.features)))
-    np.add.at(out.T, model.feature_index, column_values.T)
-    return out
+    index = model.feature_index
+    if len(index) == len(model.schema.features) and np.array_equal(index, np.arange(len(index))):
+        return column_values
+    membership = model.cached(
+        "shap.membership",
+        lambda: np.eye(len(model.schema.features))[index],  # (n_columns, n_features) of 0/1
+    )
+    return column_values @ membership
 
 
 def _pick_binary(values: np.ndarray, base: np.ndarray, out: np.ndarray, targets: np.ndarray | None):
