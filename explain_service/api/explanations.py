@@ -63,7 +63,7 @@ def stored_answer(record: StoredRecord) -> dict[str, Any]:
 @blp.route("/<record_id>")
 class ExplanationView(MethodView):
     @blp.response(200, schemas.StoredExplanation)
-    @blp.alt_response(404, schema=schemas.ErrorSchema)
+    @blp.alt_response(404, schema=schemas.ErrorResponse)
     def get(self, record_id: str) -> Any:
         """A stored explanation, as answered, with its audit fields."""
         return json_response(stored_answer(load_record(record_id)))
@@ -72,7 +72,7 @@ class ExplanationView(MethodView):
 @blp.route("/<record_id>/verify")
 class VerifyView(MethodView):
     @blp.response(200, schemas.ReplayReport)
-    @blp.alt_response(404, schema=schemas.ErrorSchema)
+    @blp.alt_response(404, schema=schemas.ErrorResponse)
     def get(self, record_id: str) -> Any:
         """Recompute the explanation from the recorded model, input and parameters; report if identical."""
         record = load_record(record_id)
@@ -119,7 +119,7 @@ class VerifyView(MethodView):
 @blp.route("/<record_id>/plots/<plot>.png")
 class PlotView(MethodView):
     @blp.doc(responses={"200": {"description": "PNG image", "content": {"image/png": {}}}})
-    @blp.alt_response(404, schema=schemas.ErrorSchema)
+    @blp.alt_response(404, schema=schemas.ErrorResponse)
     def get(self, record_id: str, plot: str) -> Any:
         """A plot of a stored explanation, rendered on first request and then served from its cache."""
         record = load_record(record_id)

@@ -79,7 +79,7 @@ class ModelsView(MethodView):
 @blp.route("/<name>")
 class ModelView(MethodView):
     @blp.response(200, schemas.ModelDescription)
-    @blp.alt_response(404, schema=schemas.ErrorSchema)
+    @blp.alt_response(404, schema=schemas.ErrorResponse)
     def get(self, name: str) -> Any:
         """Describe a model's newest version: schema, classes, methods."""
         return json_response(describe(_model(name, None)))
@@ -88,7 +88,7 @@ class ModelView(MethodView):
 @blp.route("/<name>/versions/<version>")
 class ModelVersionView(MethodView):
     @blp.response(200, schemas.ModelDescription)
-    @blp.alt_response(404, schema=schemas.ErrorSchema)
+    @blp.alt_response(404, schema=schemas.ErrorResponse)
     def get(self, name: str, version: str) -> Any:
         """Describe one version of a model."""
         return json_response(describe(_model(name, version)))
@@ -117,7 +117,7 @@ def _explain(body: dict[str, Any], name: str, version: str | None) -> Any:
 class PredictView(MethodView):
     @blp.arguments(PREDICT_REQUEST)
     @blp.response(200, schemas.PredictResponse)
-    @blp.alt_response(422, schema=schemas.ErrorSchema)
+    @blp.alt_response(422, schema=schemas.ErrorResponse)
     def post(self, body: dict[str, Any], name: str) -> Any:
         """Predict with the newest version."""
         return _predict(body, name, None)
@@ -127,7 +127,7 @@ class PredictView(MethodView):
 class PredictVersionView(MethodView):
     @blp.arguments(PREDICT_REQUEST)
     @blp.response(200, schemas.PredictResponse)
-    @blp.alt_response(422, schema=schemas.ErrorSchema)
+    @blp.alt_response(422, schema=schemas.ErrorResponse)
     def post(self, body: dict[str, Any], name: str, version: str) -> Any:
         """Predict with one version."""
         return _predict(body, name, version)
@@ -137,7 +137,7 @@ class PredictVersionView(MethodView):
 class ExplainView(MethodView):
     @blp.arguments(EXPLAIN_REQUEST)
     @blp.response(200, schemas.ExplainResponse)
-    @blp.alt_response(422, schema=schemas.ErrorSchema)
+    @blp.alt_response(422, schema=schemas.ErrorResponse)
     def post(self, body: dict[str, Any], name: str) -> Any:
         """Explain instances with the newest version."""
         return _explain(body, name, None)
@@ -147,7 +147,7 @@ class ExplainView(MethodView):
 class ExplainVersionView(MethodView):
     @blp.arguments(EXPLAIN_REQUEST)
     @blp.response(200, schemas.ExplainResponse)
-    @blp.alt_response(422, schema=schemas.ErrorSchema)
+    @blp.alt_response(422, schema=schemas.ErrorResponse)
     def post(self, body: dict[str, Any], name: str, version: str) -> Any:
         """Explain instances with one version."""
         return _explain(body, name, version)

@@ -108,7 +108,7 @@ class ModelList(Schema):
     models = fields.List(fields.Dict())
 
 
-class ErrorSchema(Schema):
+class ErrorResponse(Schema):
     code = fields.Integer()
     status = fields.String()
     message = fields.String()

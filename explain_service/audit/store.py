@@ -50,7 +50,7 @@ import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import fields, replace
+from dataclasses import astuple, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, ClassVar
@@ -80,6 +80,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.pool import PoolProxiedConnection
 
 from explain_service.audit.chain import (
     CHAIN_FORMAT,
@@ -152,6 +153,11 @@ for _dialect, _statement in [
     event.listen(records, "after_create", DDL(_statement).execute_if(dialect=_dialect))
 
 _COLUMNS = [records.c[field.name] for field in fields(RawRecord)]
+_NAMES = ", ".join(field.name for field in fields(RawRecord))
+_HEAD_SQL = "SELECT seq, hash FROM audit_records ORDER BY seq DESC LIMIT 1"
+_SQLITE_INSERT = f"INSERT INTO audit_records ({_NAMES}) VALUES ({', '.join('?' * len(_COLUMNS))})"
+_PG_LOCK_HEAD = f"BEGIN; SELECT pg_advisory_xact_lock({CHAIN_LOCK_KEY}); {_HEAD_SQL}"
+_PG_INSERT = f"INSERT INTO audit_records ({_NAMES}) VALUES"
 
 
 class AuditError(Exception):
@@ -214,6 +220,8 @@ class AuditStore:
             self._engine = _postgresql_engine(self.url, timeout)
         else:
             raise ValueError(f"the audit store supports sqlite and postgresql, not {self.backend!r}")
+        self._writer = self._engine if self.backend == "sqlite" else _postgresql_writer(self.url, timeout)
+        self._dbapi_error: type[Exception] = self._engine.dialect.loaded_dbapi.Error
         self._pid = os.getpid()
         self._schema_lock = threading.Lock()
         self._schema_ready = False
@@ -230,6 +238,8 @@ class AuditStore:
     def close(self) -> None:
         """Close pooled connections; the store reconnects if used again."""
         self._engine.dispose()
+        if self._writer is not self._engine:
+            self._writer.dispose()
 
     def append(self, entries: Sequence[AuditEntry]) -> list[StoredRecord]:
         """Append ``entries`` in order, atomically; return them as stored.
@@ -250,20 +260,57 @@ class AuditStore:
             return []
         try:
             self._ensure_schema()
-            with self._chain_locked() as conn:
-                seq, prev_hash = _head(conn)
-                created_at = utc_text(_now())
-                sealed: list[RawRecord] = []
-                for raw in prepared:
-                    seq += 1
-                    sealed.append(replace(raw, seq=seq, created_at=created_at, prev_hash=prev_hash).sealed())
-                    prev_hash = sealed[-1].hash
-                conn.execute(insert(records), [_values(raw) for raw in sealed])
+            if self.backend == "sqlite":
+                sealed = self._append_sqlite(prepared)
+            else:
+                sealed = self._append_postgresql(prepared)
         except AuditUnavailableError as exc:
             raise AuditWriteError(exc.reason) from exc
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, self._dbapi_error) as exc:
             raise AuditWriteError(_reason(exc)) from exc
         return [StoredRecord.from_raw(raw) for raw in sealed]
+
+    def _append_sqlite(self, prepared: list[RawRecord]) -> list[RawRecord]:
+        conn = self._checkout(self._engine)
+        try:
+            cursor = conn.cursor()
+            cursor.execute("BEGIN IMMEDIATE")
+            try:
+                row = cursor.execute(_HEAD_SQL).fetchone()
+                sealed = _seal(prepared, row)
+                cursor.executemany(_SQLITE_INSERT, [astuple(raw) for raw in sealed])
+                cursor.execute("COMMIT")
+            except BaseException:
+                conn.rollback()
+                raise
+        finally:
+            conn.close()
+        return sealed
+
+    def _append_postgresql(self, prepared: list[RawRecord]) -> list[RawRecord]:
+        from psycopg import ClientCursor
+
+        conn = self._checkout(self._writer)
+        try:
+            cursor = ClientCursor(conn.driver_connection)
+            try:
+                cursor.execute(_PG_LOCK_HEAD)
+                while cursor.nextset():
+                    pass
+                sealed = _seal(prepared, cursor.fetchone())
+                values = ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"] * len(sealed))
+                cursor.execute(
+                    f"{_PG_INSERT} {values}; COMMIT", [v for raw in sealed for v in astuple(raw)]
+                )
+            except BaseException:
+                if conn.driver_connection.closed:
+                    conn.invalidate()
+                else:
+                    conn.rollback()
+                raise
+        finally:
+            conn.close()
+        return sealed
 
     def get(self, record_id: str) -> StoredRecord | None:
         """The record with ``record_id``, or None."""
@@ -360,11 +407,20 @@ class AuditStore:
         return True
 
     def _connect(self) -> Connection:
+        self._after_fork()
+        return self._engine.connect()
+
+    def _checkout(self, engine: Engine) -> PoolProxiedConnection:
+        self._after_fork()
+        return engine.raw_connection()
+
+    def _after_fork(self) -> None:
         if os.getpid() != self._pid:
             # A forked worker must not share the parent's pooled connections; drop them without closing.
             self._engine.dispose(close=False)
+            if self._writer is not self._engine:
+                self._writer.dispose(close=False)
             self._pid = os.getpid()
-        return self._engine.connect()
 
     @contextmanager
     def _reading(self) -> Iterator[Connection]:
@@ -450,6 +506,29 @@ def _postgresql_engine(url: URL, timeout: float) -> Engine:
     return create_engine(url, connect_args=connect_args, isolation_level="READ COMMITTED", pool_pre_ping=True)
 
 
+def _postgresql_writer(url: URL, timeout: float) -> Engine:
+    connect_args = {} if "connect_timeout" in url.query else {"connect_timeout": max(1, round(timeout))}
+    engine = create_engine(url, connect_args=connect_args)
+
+    @event.listens_for(engine, "connect")
+    def _configure(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.autocommit = True
+        dbapi_connection.execute(f"SET lock_timeout = {round(timeout * 1000)}")
+
+    return engine
+
+
+def _seal(prepared: list[RawRecord], head: Any) -> list[RawRecord]:
+    seq, prev_hash = (0, GENESIS_HASH) if head is None else (int(head[0]), str(head[1]))
+    created_at = utc_text(_now())
+    sealed: list[RawRecord] = []
+    for raw in prepared:
+        seq += 1
+        sealed.append(replace(raw, seq=seq, created_at=created_at, prev_hash=prev_hash).sealed())
+        prev_hash = sealed[-1].hash
+    return sealed
+
+
 def _prepare(entry: AuditEntry) -> RawRecord:
     """Check an entry and turn it into an unsealed record (no seq, time or hashes yet)."""
     if not isinstance(entry.body, Mapping):
@@ -512,7 +591,7 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _reason(exc: SQLAlchemyError) -> str:
+def _reason(exc: Exception) -> str:
     """The driver's message, first line only: enough to act on, without SQL or bound values."""
     cause = getattr(exc, "orig", None) or exc
     return (str(cause).strip().splitlines() or [type(cause).__name__])[0]
