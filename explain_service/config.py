@@ -13,6 +13,7 @@ class Settings:
 
     models_dir: str = "models"
     database_url: str = "sqlite:///var/audit.sqlite3"
+    audit_durability: str = "full"
     plots_dir: str = "var/plots"
     api_keys_file: str | None = None
     ratelimit_storage_uri: str = "memory://"

@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -41,6 +42,16 @@ MODEL_SHA = "ab" * 32
 WORKERS = 4
 APPENDS_PER_WORKER = 25  # every fifth append is a batch of three
 TEXT = st.text(st.characters(exclude_categories=["Cs"]), max_size=10)  # JSON strings: no lone surrogates
+COLUMN_TEXT = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), max_size=12)
+JSON_VALUE = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(TEXT, inner, max_size=3),
+    max_leaves=12,
+)
 
 
 def entry(i: int, **fields: Any) -> AuditEntry:
@@ -52,6 +63,25 @@ def entry(i: int, **fields: Any) -> AuditEntry:
 
 def fill(store: AuditStore, n: int = 5) -> list[StoredRecord]:
     return store.append([entry(i) for i in range(n)])
+
+
+def write_setting(store: AuditStore) -> str:
+    """How the connections that append commit: SQLite's synchronous level, PostgreSQL's synchronous_commit."""
+    conn = store._writer.raw_connection()  # the pool append() draws from
+    try:
+        cursor = conn.cursor()
+        cursor.execute("PRAGMA synchronous" if store.backend == "sqlite" else "SHOW synchronous_commit")
+        return str(cursor.fetchone()[0])
+    finally:
+        conn.close()
+
+
+def with_server_option(postgresql_url: str, option: str) -> str:
+    """The URL with one more ``-c`` option for every session it opens."""
+    url = make_url(postgresql_url)
+    return url.update_query_dict({"options": f"{url.query['options']} -c{option}"}).render_as_string(
+        hide_password=False
+    )
 
 
 def tamper(url: str, sql: str, **params: Any) -> None:
@@ -177,6 +207,30 @@ def test_a_failing_batch_stores_nothing(store: AuditStore) -> None:
     assert store.verify().ok
 
 
+def test_a_failed_append_leaves_the_store_writable(store: AuditStore) -> None:
+    store.append([entry(0, id="taken")])
+    for _ in range(3):  # more failures in a row than connections in use
+        with pytest.raises(AuditWriteError, match=r"(?i)unique"):
+            store.append([entry(1), entry(2, id="taken")])
+
+    (record,) = store.append([entry(3)])
+
+    assert record.seq == 2 and store.count() == 2
+    assert store.verify().ok
+
+
+def test_numpy_float32_values_are_stored_as_they_parse_back(store: AuditStore) -> None:
+    values = np.array([-4.0512905e-06, -2.3281753e13, 0.1], dtype=np.float32)
+    body = {"values": values, "first": values[0]}
+    assert canonical_json(body) != canonical_json(orjson.loads(canonical_json(body)))  # the case at hand
+
+    (record,) = store.append([AuditEntry(body, "m", "1", MODEL_SHA)])
+
+    assert record.body == orjson.loads(canonical_json(body))
+    assert store.require(record.id) == record
+    assert store.verify().ok
+
+
 def test_list_records_pages_newest_first(store: AuditStore) -> None:
     batches = []
     for i in range(6):
@@ -199,27 +253,41 @@ def test_list_records_pages_newest_first(store: AuditStore) -> None:
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(
-    body=st.dictionaries(
-        TEXT,
-        st.recursive(
-            st.none()
-            | st.booleans()
-            | st.integers(-(2**63), 2**63 - 1)
-            | st.floats(allow_nan=False, allow_infinity=False)
-            | TEXT,
-            lambda inner: st.lists(inner, max_size=3) | st.dictionaries(TEXT, inner, max_size=3),
-            max_leaves=12,
-        ),
-        max_size=5,
-    )
-)
+@given(body=st.dictionaries(TEXT, JSON_VALUE, max_size=5))
 def test_any_json_body_round_trips_and_keeps_the_chain(sqlite_url: str, body: dict[str, Any]) -> None:
     with AuditStore(sqlite_url) as audit_store:
         (record,) = audit_store.append([AuditEntry(body, "m", "1", MODEL_SHA)])
 
         assert audit_store.require(record.id).body == body
         assert audit_store.verify().ok
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    batch=st.lists(
+        st.tuples(
+            st.dictionaries(TEXT, JSON_VALUE, max_size=4),
+            COLUMN_TEXT.filter(bool),
+            COLUMN_TEXT.filter(bool),
+            st.none() | COLUMN_TEXT,
+        ),
+        min_size=1,
+        max_size=3,
+    )
+)
+def test_every_backend_seals_records_as_the_chain_defines(
+    store: AuditStore, batch: list[tuple[dict[str, Any], str, str, str | None]]
+) -> None:
+    """PostgreSQL seals inside the database; whatever the text, chain.py must get the same hashes."""
+    entries = [AuditEntry(body, name, version, MODEL_SHA, caller) for body, name, version, caller in batch]
+
+    stored = store.append(entries)
+
+    assert [(r.body, r.model_name, r.model_version, r.caller) for r in stored] == [
+        (body, name, version, caller) for body, name, version, caller in batch
+    ]
+    assert all(store.require(record.id) == record for record in stored)
+    assert store.verify(expected_head=stored[-1].hash).ok
 
 
 # -- the chain format ---------------------------------------------------------------------------------
@@ -247,6 +315,36 @@ def test_hash_format_is_pinned() -> None:
 
     assert record.sealed().hash == expected
     assert expected == "09ca5f931d4884bda2448fb0f941d44d79c44cec4a3bbc3bf120c2d631ab9370"
+
+
+@given(
+    record_id=st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", fullmatch=True),
+    name=COLUMN_TEXT,
+    version=COLUMN_TEXT,
+    caller=st.none() | COLUMN_TEXT,
+    body=st.dictionaries(TEXT, JSON_VALUE, max_size=3),
+    seq=st.integers(1, 2**63 - 1),
+)
+def test_envelope_parts_splice_into_the_canonical_envelope(
+    record_id: str, name: str, version: str, caller: str | None, body: dict[str, Any], seq: int
+) -> None:
+    record = RawRecord(
+        seq=seq,
+        id=record_id,
+        created_at="2024-06-01T12:00:00.000000+00:00",
+        model_name=name,
+        model_version=version,
+        model_sha256=MODEL_SHA,
+        caller=caller,
+        body=canonical_json(body).decode(),
+        prev_hash="a" * 64,
+        hash="",
+    )
+    middle, tail = record.envelope_parts()
+
+    spliced = '{"body":' + record.body + middle + record.created_at + tail + str(seq) + "}"
+
+    assert hashlib.sha256((record.prev_hash + spliced).encode()).hexdigest() == record.content_hash()
 
 
 def test_canonical_json_agrees_with_the_explainers() -> None:
@@ -552,6 +650,95 @@ def test_other_databases_are_refused() -> None:
         AuditStore("mysql://user@localhost/db")
     with pytest.raises(ValueError, match="in-memory"):
         AuditStore("sqlite://")
+    with pytest.raises(ValueError, match="psycopg 3"):
+        AuditStore("postgresql+psycopg2://user@localhost/db")
+
+
+def test_postgresql_append_survives_a_connection_the_server_dropped(postgresql_url: str) -> None:
+    with AuditStore(postgresql_url) as audit_store:
+        fill(audit_store, 2)
+        conn = audit_store._writer.raw_connection()
+        backend_pid = conn.driver_connection.info.backend_pid
+        conn.close()  # back to the pool, where the next append finds it
+        engine = create_engine(postgresql_url)
+        try:
+            with engine.connect() as admin:
+                admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": backend_pid})
+        finally:
+            engine.dispose()
+
+        (record,) = audit_store.append([entry(2)])
+
+        assert record.seq == 3 and audit_store.count() == 3
+        assert audit_store.verify().ok
+
+
+def test_a_postgresql_store_made_before_audit_append_gains_it_at_the_first_append(
+    postgresql_url: str,
+) -> None:
+    with AuditStore(postgresql_url) as audit_store:
+        fill(audit_store, 2)
+    engine = create_engine(postgresql_url)
+
+    def has_function() -> bool:
+        with engine.connect() as conn:
+            return conn.execute(text("SELECT to_regprocedure('audit_append(text[])')")).scalar() is not None
+
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("DROP FUNCTION audit_append(text[])")
+        with AuditStore(postgresql_url) as audit_store:
+            assert audit_store.count() == 2 and audit_store.verify().ok
+            assert not has_function()  # reading needs no DDL
+
+            (record,) = audit_store.append([entry(2)])
+
+            assert record.seq == 3 and audit_store.verify().ok
+        assert has_function()
+    finally:
+        engine.dispose()
+
+
+# -- durability ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("durability", "sqlite_level", "postgresql_level"),
+    [pytest.param("full", "2", "on", id="full"), pytest.param("os", "1", "off", id="os")],
+)
+def test_durability_sets_how_each_commit_reaches_the_disk(
+    url: str, durability: Any, sqlite_level: str, postgresql_level: str
+) -> None:
+    with AuditStore(url, durability=durability) as audit_store:
+        fill(audit_store, 3)
+
+        assert audit_store.durability == durability
+        assert write_setting(audit_store) == (
+            sqlite_level if audit_store.backend == "sqlite" else postgresql_level
+        )
+        assert audit_store.count() == 3 and audit_store.verify().ok
+
+
+@pytest.mark.parametrize(
+    ("server", "expected"),
+    [
+        pytest.param("off", "on", id="off-is-raised"),
+        pytest.param("local", "local", id="local-is-kept"),
+        pytest.param("remote_apply", "remote_apply", id="remote-apply-is-kept"),
+    ],
+)
+def test_full_durability_never_commits_asynchronously(
+    postgresql_url: str, server: str, expected: str
+) -> None:
+    with AuditStore(with_server_option(postgresql_url, f"synchronous_commit={server}")) as audit_store:
+        fill(audit_store, 1)
+
+        assert write_setting(audit_store) == expected
+
+
+def test_unknown_durability_is_refused(sqlite_url: str) -> None:
+    with pytest.raises(ValueError, match="durability must be 'full' or 'os'"):
+        AuditStore(sqlite_url, durability="none")  # type: ignore[arg-type]
 
 
 # -- concurrency --------------------------------------------------------------------------------------
@@ -596,4 +783,6 @@ def test_concurrent_processes_keep_one_unbroken_chain(url: str) -> None:
     with AuditStore(url) as audit_store:
         report = audit_store.verify()
         assert audit_store.count() == expected
+        times = [record.created_at for record in reversed(audit_store.list_records(limit=expected))]
     assert report.ok and report.checked == expected
+    assert times == sorted(times)  # stamped under the lock

@@ -19,6 +19,10 @@ The envelope is the record without its two hashes::
     {"body": {...}, "caller": str | null, "created_at": "2025-01-31T12:00:00.123456+00:00",
      "id": str, "model_name": str, "model_sha256": str, "model_version": str, "seq": int}
 
+A writer that only learns ``seq``, ``created_at`` and the previous hash inside the database (PostgreSQL's
+append function, see :mod:`.store`) concatenates the text of :meth:`RawRecord.envelope_parts` around them;
+the walk below recomputes every hash from parsed content, so the two forms are checked against each other.
+
 :func:`canonical_json` is orjson with sorted keys and no whitespace (UTF-8); the ``body`` column stores
 exactly ``canonical_json(body)``, so a record's stored text is itself part of what is checked. It is the
 same form as :func:`explain_service.explainers.base.canonical_json`, kept here on purpose: stored hashes
@@ -136,6 +140,23 @@ class RawRecord:
         if digest is None:
             raise ValueError(f"the body of record {self.id} is not canonical JSON")
         return replace(self, hash=digest)
+
+    def envelope_parts(self) -> tuple[str, str]:
+        """The canonical envelope around ``created_at`` and ``seq``, for a writer that learns them later.
+
+        Returns ``(middle, tail)`` such that, whatever ``created_at`` and ``seq`` the record gets,
+        ``'{"body":' + body + middle + created_at + tail + str(seq) + "}"`` is ``canonical_json`` of its
+        envelope (``body`` being canonical JSON already). Sorted, the keys run body, caller, created_at,
+        id, model_name, model_sha256, model_version, seq; ``created_at`` never needs escaping.
+        """
+        caller = canonical_json(self.caller).decode()
+        rest = {
+            "id": self.id,
+            "model_name": self.model_name,
+            "model_sha256": self.model_sha256,
+            "model_version": self.model_version,
+        }
+        return f',"caller":{caller},"created_at":"', f'",{canonical_json(rest).decode()[1:-1]},"seq":'
 
 
 @dataclass(frozen=True)
