@@ -24,7 +24,7 @@ class Services:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.registry = ModelRegistry(settings.models_dir, threads=settings.model_threads)
-        self.audit = AuditStore(settings.database_url, durability=settings.audit_durability)
+        self.audit = AuditStore(settings.database_url, durability=settings.audit_durability)  # type: ignore[arg-type]
         self.service = ExplainService(recorder=AuditRecorder(self.audit))
         self.plots = PlotCache(settings.plots_dir)
 
