@@ -1,7 +1,8 @@
 """The ``explain-service`` command line.
 
 Sub-commands reach the same services as the HTTP API, through the same
-factory functions: ``serve``, ``models list|verify|build-demo``.
+factory functions: ``serve``, ``models list|verify|build-demo``, ``batch``,
+``audit verify|export``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import click
 
+from explain_service.batch.command import batch
 from explain_service.config import Settings
 
 
@@ -202,6 +204,9 @@ def audit_export(database_url: str | None, output: str) -> None:
     except AuditError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"head {head}", err=True)
+
+
+main.add_command(batch)
 
 
 if __name__ == "__main__":

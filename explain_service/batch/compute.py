@@ -1,0 +1,238 @@
+"""One chunk in, one output part (Parquet bytes) and its rejected rows out.
+
+:func:`explain_chunk` is the unit of work of every engine. It runs where the
+model is (the driver, a worker process or a Dask worker), takes plain data
+(:class:`RawChunk`, :class:`ChunkPlan`) and returns plain data
+(:class:`ChunkResult`), so nothing but rows and bytes ever crosses a process
+boundary. Given the same model, rows and plan it returns the same bytes, on
+any engine and with any number of threads: that is what makes resumed jobs
+identical to uninterrupted ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from explain_service.batch.audit import AUDIT_CALLER, CapturingRecorder, audit_id
+from explain_service.batch.layout import KIND_TYPES, layout_for, prediction_columns, prediction_from_answers
+from explain_service.batch.validate import validate_chunk
+from explain_service.explainers import EXPLAINERS
+from explain_service.registry.model import LoadedModel
+
+PARQUET_OPTIONS: dict[str, Any] = {"compression": "snappy", "write_statistics": True}
+
+
+@dataclass
+class RawChunk:
+    """Rows ``start .. start+len-1`` of the input, as read.
+
+    ``features`` holds the model's feature columns (any dtype; validation decodes
+    them), ``passthrough`` every other input column with its type as read.
+    """
+
+    index: int
+    start: int
+    features: pd.DataFrame
+    passthrough: pa.Table
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    """What to compute for every chunk of a job (identical for all chunks)."""
+
+    model_sha256: str
+    methods: tuple[str, ...]
+    target: str | None
+    options: dict[str, dict[str, Any]]
+    input_columns: tuple[str, ...]
+    schema: pa.Schema
+    raw_options: dict[str, Any] = field(default_factory=dict)
+    audit_job: str | None = None
+
+
+@dataclass
+class ChunkResult:
+    """The encoded output of one chunk."""
+
+    index: int
+    rows: int
+    written: int
+    rejected: int
+    part: bytes
+    rejected_lines: bytes
+    audit: list[Any] = field(default_factory=list)
+
+    @property
+    def part_sha256(self) -> str:
+        return hashlib.sha256(self.part).hexdigest()
+
+    @property
+    def rejected_sha256(self) -> str | None:
+        return hashlib.sha256(self.rejected_lines).hexdigest() if self.rejected_lines else None
+
+
+def explain_chunk(model: LoadedModel, chunk: RawChunk, plan: ChunkPlan) -> ChunkResult:
+    """Validate, predict, explain and encode one chunk."""
+    if model.sha256 != plan.model_sha256:
+        raise RuntimeError(f"worker has model {model.sha256[:12]}, the job needs {plan.model_sha256[:12]}")
+    checked = validate_chunk(model, chunk.features)
+    n_valid = int(checked.valid.sum())
+    columns: list[pa.Array] = []
+    passthrough = chunk.passthrough
+    if n_valid < len(chunk) and passthrough.num_columns:
+        passthrough = passthrough.filter(pa.array(checked.valid))
+    for name in plan.input_columns:
+        if name in checked.columns:
+            kind = model.schema[name].kind
+            columns.append(pa.array(checked.columns[name], type=KIND_TYPES[kind]))
+        else:
+            columns.append(passthrough.column(name).combine_chunks())
+    audit: list[Any] = []
+    if n_valid and plan.audit_job is not None:
+        numbers = (chunk.start + np.flatnonzero(checked.valid)).tolist()
+        explained, audit = _audited_columns(model, checked.columns, plan, numbers)
+        columns += explained
+    elif n_valid:
+        columns += _explained_columns(model, checked.columns, plan)
+    else:
+        columns += [pa.array([], type=f.type) for f in list(plan.schema)[len(columns) :]]
+    table = pa.Table.from_arrays(columns, schema=plan.schema)
+    buf = io.BytesIO()
+    pq.write_table(table, buf, **PARQUET_OPTIONS)
+    return ChunkResult(
+        index=chunk.index,
+        rows=len(chunk),
+        written=n_valid,
+        rejected=len(checked.errors),
+        part=buf.getvalue(),
+        rejected_lines=rejected_lines(chunk, checked.errors, plan.input_columns),
+        audit=audit,
+    )
+
+
+def typed_frame(columns: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Typed rows that keep their column arrays (see ``frame_from_records``)."""
+    frame = pd.DataFrame(columns, copy=False)
+    frame.attrs["explain_service.columns"] = columns
+    return frame
+
+
+def _explained_columns(model: LoadedModel, columns: dict[str, np.ndarray], plan: ChunkPlan) -> list[pa.Array]:
+    rows = typed_frame(columns)
+    X = model.transform(rows)
+    out, classes = prediction_columns(model, X)
+    targets: np.ndarray | None = None
+    if model.is_classifier:
+        assert classes is not None
+        targets = (
+            np.full(len(rows), model.class_names.index(plan.target)) if plan.target is not None else classes
+        )
+    for method in plan.methods:
+        method_targets = targets
+        if method == "counterfactual":
+            method_targets = counterfactual_targets(model, classes, X, plan.target)
+        out += layout_for(method).columns(
+            model, EXPLAINERS[method], rows, method_targets, plan.options[method]
+        )
+    return out
+
+
+def _audited_columns(
+    model: LoadedModel, columns: dict[str, np.ndarray], plan: ChunkPlan, numbers: list[int]
+) -> tuple[list[pa.Array], list[Any]]:
+    """Columns and audit entries from the explanation service's own answers.
+
+    The service explains the rows exactly as for an API request, so each audit record is
+    the one an API call would have stored; counterfactuals go one row per call, as in
+    :class:`~explain_service.batch.layout.CounterfactualLayout`.
+    """
+    from explain_service.service import ExplainService
+
+    assert plan.audit_job is not None
+    ids = [audit_id(plan.audit_job, r) for r in numbers]
+    step = 1 if "counterfactual" in plan.methods else len(numbers)
+    answers: list[dict[str, Any]] = []
+    entries: list[Any] = []
+    for lo in range(0, len(numbers), step):
+        hi = min(lo + step, len(numbers))
+        recorder = CapturingRecorder(ids[lo:hi])
+        service = ExplainService(recorder=recorder, explainers=dict(EXPLAINERS))
+        answer = service.explain(
+            model,
+            typed_frame({n: c[lo:hi] for n, c in columns.items()}),
+            list(plan.methods),
+            target=plan.target,
+            options=plan.raw_options,
+            caller=AUDIT_CALLER,
+        )
+        answers += answer["explanations"]
+        entries += recorder.entries
+    out = prediction_from_answers(model, [a["prediction"] for a in answers])
+    for method in plan.methods:
+        out += layout_for(method).from_answers(model, [a[method] for a in answers])
+    return out, entries
+
+
+def counterfactual_targets(
+    model: LoadedModel, classes: np.ndarray | None, X: np.ndarray, target: str | None
+) -> np.ndarray | None:
+    """The class each counterfactual should reach, as the service chooses it.
+
+    The requested target, else the favourable class, else each row's runner-up class.
+    """
+    if not model.is_classifier:
+        return None
+    assert classes is not None
+    n = len(classes)
+    if target is not None:
+        return np.full(n, model.class_names.index(target))
+    if model.favorable is not None:
+        return np.full(n, model.class_names.index(model.favorable))
+    order = np.argsort(-model.proba_matrix(X), axis=1)
+    return order[:, 1].copy()
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        value = value.item()
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    try:
+        if pd.isna(value):
+            return None
+    except (TypeError, ValueError):
+        pass
+    return value
+
+
+def rejected_lines(chunk: RawChunk, errors: dict[int, dict[str, list[str]]], order: tuple[str, ...]) -> bytes:
+    """JSON Lines, one per rejected row: ``{"row", "errors", "input"}`` (row = 0-based input row)."""
+    if not errors:
+        return b""
+    positions = sorted(errors)
+    extra: list[dict[str, Any]] = [{} for _ in positions]
+    if chunk.passthrough.num_columns:
+        extra = chunk.passthrough.take(pa.array(positions, type=pa.int64())).to_pylist()
+    lines = []
+    for k, i in enumerate(positions):
+        raw = {name: _plain(chunk.features[name].iat[i]) for name in chunk.features.columns}
+        raw.update(extra[k])
+        record = {
+            "row": chunk.start + i,
+            "errors": dict(sorted(errors[i].items())),
+            "input": {name: raw[name] for name in order},
+        }
+        lines.append(orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY, default=str) + b"\n")
+    return b"".join(lines)
