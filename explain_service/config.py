@@ -17,7 +17,7 @@ class Settings:
     plots_dir: str = "var/plots"
     api_keys_file: str | None = None
     ratelimit_storage_uri: str = "memory://"
-    ratelimit_default: str = "6000 per minute"
+    ratelimit_default: str = ""
     max_instances: int = 100
     max_body_bytes: int = 2 * 1024 * 1024
     eager_load: bool = True

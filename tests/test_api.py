@@ -275,3 +275,32 @@ def test_extreme_but_valid_numbers_are_explained(client) -> None:
     assert abs(answer["explanations"][0]["shap"]["additivity_residual"]) < 1e-4
     frame = pd.DataFrame([_row(credit_amount=10**15, age=0)])
     assert len(frame) == 1
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(changes=st.dictionaries(st.sampled_from([*sorted(GERMAN_ROW), "extra"]), feature_values, max_size=4))
+def test_fast_validation_agrees_with_the_marshmallow_schema(registry, changes) -> None:
+    from marshmallow import ValidationError
+
+    from explain_service.api.validation import _fast_checker, instance_schema
+
+    model = registry.get("german-credit")
+    row = {**GERMAN_ROW, **changes}
+    fast = _fast_checker(model)(row)
+    try:
+        slow = instance_schema(model).load(row)
+    except ValidationError:
+        slow = None
+    if fast is not None:
+        assert slow == fast and all(type(fast[k]) is type(slow[k]) for k in fast)
+
+
+def test_numbers_beyond_float_range_are_rejected_not_crashed(registry) -> None:
+    from explain_service.api.validation import validate_instances
+    from explain_service.errors import ValidationFailed
+
+    model = registry.get("diabetes-gbr")
+    row = {k: float(v) for k, v in model.background.iloc[0].items()}
+    with pytest.raises(ValidationFailed) as info:
+        validate_instances(model, [{**row, "age": 10**400}])
+    assert info.value.errors == {"instances.0.age": ["Number out of range."]}

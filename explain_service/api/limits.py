@@ -1,6 +1,6 @@
 """Rate limits per client address, shared across workers and hosts through Redis when configured.
 
-``EXPLAIN_RATELIMIT_DEFAULT`` (e.g. ``"6000 per minute"``; empty disables) applies to every route but
+``EXPLAIN_RATELIMIT_DEFAULT`` (e.g. ``"6000 per minute"``; empty, the default, disables) applies to every route but
 the health and metrics probes; ``EXPLAIN_RATELIMIT_STORAGE_URI`` is ``memory://`` (per worker) or
 ``redis://host:6379/0`` (one budget for all workers and hosts). A breach answers 429 in the usual JSON
 error shape with a ``Retry-After`` header.

@@ -43,7 +43,10 @@ class StrictNumber(fields.Field):
             if abs(value) > INT64_MAX:
                 raise ValidationError("Integer out of range.")
             return int(value)
-        out = float(value)
+        try:
+            out = float(value)
+        except OverflowError:
+            raise ValidationError("Number out of range.") from None
         if not math.isfinite(out):
             raise ValidationError("Number out of range.")
         return out
@@ -75,6 +78,52 @@ def feature_field(feature: Feature) -> fields.Field:
 
 
 _SCHEMAS: dict[str, Schema] = {}
+_FAST: dict[str, Any] = {}
+
+
+def _finite_number(value: Any) -> float | None:
+    if type(value) is float:
+        return value if math.isfinite(value) else None
+    if type(value) is int and abs(value) <= INT64_MAX:
+        return float(value)
+    return None
+
+
+def _fast_checker(model: LoadedModel) -> Any:
+    """A plain-Python check with exactly the instance schema's rules, for the common valid case.
+
+    marshmallow stays the source of truth and of error messages: rows this check does not accept
+    go through the schema, which either loads them or names what is wrong.
+    """
+    checker = _FAST.get(model.sha256)
+    if checker is not None:
+        return checker
+    names = frozenset(model.schema.names)
+    checks: list[tuple[str, Any]] = []
+    for f in model.schema.features:
+        if f.kind == "numeric":
+            checks.append((f.name, _finite_number))
+        elif f.kind == "integer":
+            checks.append((f.name, lambda v: v if type(v) is int and abs(v) <= INT64_MAX else None))
+        elif f.kind == "boolean":
+            checks.append((f.name, lambda v: v if type(v) is bool else None))
+        else:
+            allowed = frozenset(f.categories or ())
+            checks.append((f.name, lambda v, allowed=allowed: v if type(v) is str and v in allowed else None))
+
+    def check(inst: dict[str, Any]) -> dict[str, Any] | None:
+        if inst.keys() != names:
+            return None
+        out = {}
+        for name, fn in checks:
+            value = fn(inst[name])
+            if value is None:
+                return None
+            out[name] = value
+        return out
+
+    _FAST[model.sha256] = check
+    return check
 
 
 def instance_schema(model: LoadedModel) -> Schema:
@@ -111,11 +160,16 @@ def validate_instances(
 ) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
     """Validate raw instances against the model's schema; return typed rows and the clean records."""
     schema = instance_schema(model)
+    fast = _fast_checker(model)
     errors: dict[str, list[str]] = {}
     clean: list[dict[str, Any]] = []
     for i, inst in enumerate(instances):
         if not isinstance(inst, dict):
             errors[f"{field}.{i}"] = ["Not a valid object."]
+            continue
+        record = fast(inst)
+        if record is not None:
+            clean.append(record)
             continue
         try:
             clean.append(schema.load(inst))
