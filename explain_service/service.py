@@ -10,6 +10,7 @@ Flask.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -110,21 +111,6 @@ class ExplainService:
             raise ValidationFailed({"target": [f"Must be one of: {', '.join(model.class_names)}."]})
         return model.class_names.index(target)
 
-    def counterfactual_targets(
-        self, model: LoadedModel, pred: Prediction, target: int | None
-    ) -> np.ndarray | None:
-        """The class each counterfactual should reach: ``target``, the favourable class, or the runner-up."""
-        if not model.is_classifier:
-            return None
-        n = len(pred.answers)
-        if target is not None:
-            return np.full(n, target)
-        if model.favorable is not None:
-            return np.full(n, model.class_names.index(model.favorable))
-        assert pred.proba is not None
-        order = np.argsort(-pred.proba, axis=1)
-        return order[:, 1].copy()
-
     # -- explanations ---------------------------------------------------------------------------
     def explain(
         self,
@@ -155,7 +141,7 @@ class ExplainService:
         for method in methods:
             method_targets = targets
             if method == "counterfactual":
-                method_targets = self.counterfactual_targets(model, pred, target_index)
+                method_targets = counterfactual_goals(model, len(rows), target_index, lambda: pred.proba)
             try:
                 per_method[method] = self.explainers[method].explain(
                     model, rows, method_targets, loaded[method]
@@ -209,6 +195,22 @@ def _options_schema(explainer: Explainer) -> Any:
     if schema is None:
         schema = _OPTION_SCHEMAS[cls] = cls()
     return schema
+
+
+def counterfactual_goals(
+    model: LoadedModel, n: int, target_index: int | None, proba: Callable[[], np.ndarray | None]
+) -> np.ndarray | None:
+    """The class each counterfactual should reach: the requested target, else the favourable class,
+    else each row's runner-up class (``proba`` is only called in that last case)."""
+    if not model.is_classifier:
+        return None
+    if target_index is not None:
+        return np.full(n, target_index)
+    if model.favorable is not None:
+        return np.full(n, model.class_names.index(model.favorable))
+    probabilities = proba()
+    assert probabilities is not None
+    return np.argsort(-probabilities, axis=1)[:, 1].copy()
 
 
 def plot_urls(record_id: str, explanation: dict[str, Any]) -> dict[str, str]:

@@ -27,6 +27,7 @@ from explain_service.batch.layout import KIND_TYPES, layout_for, prediction_colu
 from explain_service.batch.validate import validate_chunk
 from explain_service.explainers import EXPLAINERS
 from explain_service.registry.model import LoadedModel
+from explain_service.service import counterfactual_goals
 
 PARQUET_OPTIONS: dict[str, Any] = {"compression": "snappy", "write_statistics": True}
 
@@ -142,7 +143,10 @@ def _explained_columns(model: LoadedModel, columns: dict[str, np.ndarray], plan:
     for method in plan.methods:
         method_targets = targets
         if method == "counterfactual":
-            method_targets = counterfactual_targets(model, classes, X, plan.target)
+            target_index = model.class_names.index(plan.target) if plan.target is not None else None
+            method_targets = counterfactual_goals(
+                model, len(rows), target_index, lambda: model.proba_matrix(X)
+            )
         out += layout_for(method).columns(
             model, EXPLAINERS[method], rows, method_targets, plan.options[method]
         )
@@ -183,25 +187,6 @@ def _audited_columns(
     for method in plan.methods:
         out += layout_for(method).from_answers(model, [a[method] for a in answers])
     return out, entries
-
-
-def counterfactual_targets(
-    model: LoadedModel, classes: np.ndarray | None, X: np.ndarray, target: str | None
-) -> np.ndarray | None:
-    """The class each counterfactual should reach, as the service chooses it.
-
-    The requested target, else the favourable class, else each row's runner-up class.
-    """
-    if not model.is_classifier:
-        return None
-    assert classes is not None
-    n = len(classes)
-    if target is not None:
-        return np.full(n, model.class_names.index(target))
-    if model.favorable is not None:
-        return np.full(n, model.class_names.index(model.favorable))
-    order = np.argsort(-model.proba_matrix(X), axis=1)
-    return order[:, 1].copy()
 
 
 def _plain(value: Any) -> Any:
