@@ -90,7 +90,7 @@ def test_pipeline_round_trip_reproduces_predictions(tmp_path: Path, final_name: 
         "xgboost": XGBClassifier(n_estimators=10, max_depth=2, random_state=0),
         "logistic": LogisticRegression(max_iter=500),
         "forest": RandomForestClassifier(n_estimators=5, random_state=0),
-        "svc": SVC(probability=True, random_state=0),
+        "svc": SVC(probability=True, random_state=0),  # still supported in the pinned release
     }
     X, y = _tiny()
     model = _pipeline(finals[final_name]).fit(X, y)
