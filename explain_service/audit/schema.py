@@ -1,0 +1,203 @@
+"""The audit store's tables, the triggers that keep them append-only, and PostgreSQL's append function.
+
+One table holds the records; nothing ever updates or deletes a row::
+
+    audit_records                                     audit_schema_version
+    seq │ id │ created_at │ model_name │ model_version   version │ chain_format │ created_at
+        │ model_sha256 │ caller │ body │ prev_hash │ hash
+
+``body`` is the caller's JSON-ready dict as canonical JSON text, ``created_at`` UTC ISO-8601 text with
+microseconds (so it sorts and hashes as written), and each ``hash`` seals the record onto the one before
+it: ``sha256(prev_hash + canonical_json(envelope))`` (see :mod:`.chain`).
+
+Unique constraints on ``seq``, ``prev_hash`` (no two records may follow the same one, so the chain cannot
+fork), ``hash`` and ``id`` make a writer that skipped the chain lock fail instead of forking the chain.
+Triggers reject UPDATE and DELETE (and TRUNCATE on PostgreSQL); they stop mistakes, not the database's
+owner, which is what the chain is for.
+
+On PostgreSQL an append is one call of the function ``audit_append()``: it waits for the advisory lock
+``CHAIN_LOCK_KEY``, reads the head with a snapshot taken after it, stamps ``created_at`` from the
+database's clock (one clock for every host), and seals each record as the text the store sends from
+:meth:`.chain.RawRecord.envelope_parts` with the head's seq and hash spliced in. The function needs
+PostgreSQL 11 or newer (``sha256``) and no privilege beyond INSERT and SELECT on the table, so the
+service's role can be denied UPDATE and DELETE. It is created with the schema, and added at the first
+append to a database created before it existed (reading never needs it).
+
+Review actions (approve, flag, escalate) belong in a separate append-only table that refers to
+``audit_records.id``; a record's status is its latest review. This table never changes for them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from datetime import UTC, datetime
+from operator import attrgetter
+from typing import Any
+
+from sqlalchemy import (
+    DDL,
+    BigInteger,
+    CheckConstraint,
+    Column,
+    ColumnElement,
+    Connection,
+    Index,
+    Integer,
+    MetaData,
+    Row,
+    String,
+    Table,
+    Text,
+    event,
+    func,
+    insert,
+    inspect,
+    select,
+)
+
+from explain_service.audit.chain import CHAIN_FORMAT, GENESIS_HASH, RawRecord, utc_text
+
+SCHEMA_VERSION = 1
+CHAIN_LOCK_KEY = 0x6175646974636861  # b"auditcha": one fixed advisory-lock key shared by every writer
+
+metadata = MetaData(
+    naming_convention={
+        "pk": "pk_%(table_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+    }
+)
+
+records = Table(
+    "audit_records",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("id", String(64), nullable=False, unique=True),
+    Column("created_at", String(32), nullable=False),
+    Column("model_name", String, nullable=False),
+    Column("model_version", String, nullable=False),
+    Column("model_sha256", String, nullable=False),
+    Column("caller", String, nullable=True),
+    Column("body", Text, nullable=False),
+    Column("prev_hash", String(64), nullable=False, unique=True),
+    Column("hash", String(64), nullable=False, unique=True),
+    CheckConstraint("seq >= 1", name="seq_positive"),
+    Index("ix_audit_records_model_name_seq", "model_name", "seq"),
+    Index("ix_audit_records_created_at", "created_at"),
+)
+
+schema_version = Table(
+    "audit_schema_version",
+    metadata,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("chain_format", String, nullable=False),
+    Column("created_at", String(32), nullable=False),
+)
+
+# One batch, one statement. ``entries`` has a row per record, in order: id, model_name, model_version,
+# model_sha256, caller, body, then the middle and tail of RawRecord.envelope_parts(). In READ COMMITTED each
+# statement in the function sees what was committed before it began, so the head is read under the lock.
+PG_APPEND_FUNCTION = f"""
+CREATE FUNCTION audit_append(entries text[][])
+RETURNS TABLE (sealed_seq bigint, sealed_created_at text, sealed_prev_hash text, sealed_hash text)
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock({CHAIN_LOCK_KEY});
+    SELECT r.seq, r.hash INTO sealed_seq, sealed_hash FROM audit_records r ORDER BY r.seq DESC LIMIT 1;
+    sealed_seq := coalesce(sealed_seq, 0);
+    sealed_hash := coalesce(sealed_hash, '{GENESIS_HASH}');
+    sealed_created_at := to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"');
+    FOR i IN 1 .. array_length(entries, 1) LOOP
+        sealed_seq := sealed_seq + 1;
+        sealed_prev_hash := sealed_hash;
+        sealed_hash := encode(sha256(convert_to(
+            sealed_prev_hash || '{{"body":' || entries[i][6] || entries[i][7] || sealed_created_at
+                || entries[i][8] || sealed_seq || '}}',
+            'UTF8')), 'hex');
+        INSERT INTO audit_records (seq, id, created_at, model_name, model_version, model_sha256, caller, body,
+                                   prev_hash, hash)
+        VALUES (sealed_seq, entries[i][1], sealed_created_at, entries[i][2], entries[i][3], entries[i][4],
+                entries[i][5], entries[i][6], sealed_prev_hash, sealed_hash);
+        RETURN NEXT;
+    END LOOP;
+END
+$$"""
+
+_REJECT = "audit_records is append-only"
+for _dialect, _statement in [
+    ("sqlite", f"CREATE TRIGGER audit_records_no_update BEFORE UPDATE ON audit_records "
+               f"BEGIN SELECT RAISE(ABORT, '{_REJECT}'); END"),
+    ("sqlite", f"CREATE TRIGGER audit_records_no_delete BEFORE DELETE ON audit_records "
+               f"BEGIN SELECT RAISE(ABORT, '{_REJECT}'); END"),
+    ("postgresql", f"CREATE OR REPLACE FUNCTION audit_records_reject() RETURNS trigger LANGUAGE plpgsql "
+                   f"AS $$ BEGIN RAISE EXCEPTION '{_REJECT}'; END $$"),
+    ("postgresql", "CREATE TRIGGER audit_records_no_change BEFORE UPDATE OR DELETE ON audit_records "
+                   "FOR EACH ROW EXECUTE FUNCTION audit_records_reject()"),
+    ("postgresql", "CREATE TRIGGER audit_records_no_truncate BEFORE TRUNCATE ON audit_records "
+                   "FOR EACH STATEMENT EXECUTE FUNCTION audit_records_reject()"),
+    ("postgresql", PG_APPEND_FUNCTION),
+]:  # fmt: skip
+    event.listen(records, "after_create", DDL(_statement).execute_if(dialect=_dialect))
+
+COLUMNS = [records.c[field.name] for field in fields(RawRecord)]
+NAMES = tuple(field.name for field in fields(RawRecord))
+row_values = attrgetter(*NAMES)  # a RawRecord as the tuple of its column values, in table order
+
+HEAD = "SELECT seq, hash FROM audit_records ORDER BY seq DESC LIMIT 1"
+_PG_APPEND_SIGNATURE = "audit_append(text[])"
+
+
+def raw_record(row: Row[Any]) -> RawRecord:
+    """A row selected as :data:`COLUMNS`, as a record."""
+    return RawRecord(**row._mapping)
+
+
+def record_filters(
+    model_name: str | None, since: datetime | None, until: datetime | None
+) -> list[ColumnElement[bool]]:
+    """WHERE clauses for records of ``model_name`` created in ``[since, until)``; None leaves one out."""
+    clauses: list[ColumnElement[bool]] = []
+    if model_name is not None:
+        clauses.append(records.c.model_name == model_name)
+    if since is not None:
+        clauses.append(records.c.created_at >= utc_text(since))
+    if until is not None:
+        clauses.append(records.c.created_at < utc_text(until))
+    return clauses
+
+
+def create_schema(conn: Connection) -> int:
+    """Create what is missing of the schema, recording its version once; return the version.
+
+    Run it under the chain lock, so that two processes starting on a new database create it once.
+    """
+    metadata.create_all(conn)
+    version = read_schema_version(conn)
+    if version is None:
+        version = SCHEMA_VERSION
+        row = {"version": version, "chain_format": CHAIN_FORMAT}
+        conn.execute(insert(schema_version).values(created_at=utc_text(datetime.now(UTC)), **row))
+    return version
+
+
+def read_schema_version(conn: Connection) -> int | None:
+    """The newest schema version recorded, or None when there is no schema yet."""
+    if not inspect(conn).has_table(schema_version.name):
+        return None
+    version = conn.execute(select(func.max(schema_version.c.version))).scalar()
+    return None if version is None else int(version)
+
+
+def has_append_function(conn: Connection) -> bool:
+    """Whether the PostgreSQL database has ``audit_append()``."""
+    return conn.exec_driver_sql(f"SELECT to_regprocedure('{_PG_APPEND_SIGNATURE}')").scalar() is not None
+
+
+def read_head(conn: Connection) -> tuple[int, str]:
+    """``(seq, hash)`` of the newest record; ``(0, GENESIS_HASH)`` when there is none."""
+    return head_row(conn.exec_driver_sql(HEAD).first())
+
+
+def head_row(row: Any) -> tuple[int, str]:
+    """The head as :data:`HEAD` returned it: ``(seq, hash)``, or ``(0, GENESIS_HASH)`` for no row."""
+    return (0, GENESIS_HASH) if row is None else (int(row[0]), str(row[1]))
