@@ -387,7 +387,7 @@ def test_killed_at_random_moments_and_resumed_equals_an_uninterrupted_run(
                 time.sleep(rng.uniform(0.5, 2.0))  # anywhere, start-up included
             else:
                 deadline = time.monotonic() + 60
-                while b"batch: starting" not in log.read_bytes() and proc.poll() is None:
+                while b"batch: explaining" not in log.read_bytes() and proc.poll() is None:
                     assert time.monotonic() < deadline, log.read_text()
                     time.sleep(0.01)
                 time.sleep(rng.uniform(0.0, 0.4))
@@ -483,7 +483,7 @@ def test_progress_lines_and_summary_when_stderr_is_not_a_terminal(batch_models: 
     )  # fmt: skip
     assert code == 0
     lines = output.splitlines()
-    assert lines[0] == "batch: starting of ~600 rows"
+    assert lines[0] == "batch: explaining ~600 rows"
     assert any(line.startswith("batch: 200/~600 rows (33.3%), ") and "rows/s, ETA " in line for line in lines)
     assert lines[-1].startswith("done: 600 rows (600 explained, 0 rejected) in 3 chunks, ")
     assert "\r" not in output

@@ -88,8 +88,8 @@ class Progress:
             )
         else:
             approx = "" if exact else "~"
-            of = f" of {approx}{total:,} rows" if total is not None else ""
-            self._emit(f"{label}: starting{of}" + (f", {done:,} already done" if done else ""))
+            size = f" {approx}{total:,} rows" if total is not None else ""
+            self._emit(f"{label}: explaining{size}" + (f", {done:,} already done" if done else ""))
 
     def advance(self, rows: int) -> None:
         self.done += rows
