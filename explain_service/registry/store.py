@@ -70,7 +70,7 @@ def _infer_task(final: Any) -> str:
     from sklearn.base import is_classifier, is_regressor
 
     if isinstance(final, xgb.Booster):
-        objective = str(final.attr("objective") or _booster_objective(final))
+        objective = str(final.attr("objective") or _booster_learner(final)[0])
         return "classification" if objective.startswith(("binary:", "multi:")) else "regression"
     if is_classifier(final):
         return "classification"
@@ -79,19 +79,20 @@ def _infer_task(final: Any) -> str:
     raise RegistrationError(f"{type(final).__name__} is neither a classifier nor a regressor")
 
 
-def _booster_objective(booster: Any) -> str:
+def _booster_learner(booster: Any) -> tuple[str, int]:
+    """Objective name and number of classes from a Booster's own configuration."""
     import json
 
-    cfg = json.loads(booster.save_config())
-    return str(cfg["learner"]["objective"]["name"])
+    learner = json.loads(booster.save_config())["learner"]
+    return str(learner["objective"]["name"]), int(learner["learner_model_param"]["num_class"])
 
 
 def _class_names(final: Any, given: list[str] | None) -> tuple[str, ...]:
     import xgboost as xgb
 
     if isinstance(final, xgb.Booster):
-        cfg_obj = _booster_objective(final)
-        n = 2 if cfg_obj.startswith("binary:") else int(final.attr("num_class") or _num_class(final))
+        objective, num_class = _booster_learner(final)
+        n = 2 if objective.startswith("binary:") else int(final.attr("num_class") or num_class)
         names = given or [str(i) for i in range(n)]
         if len(names) != n:
             raise RegistrationError(f"class_names has {len(names)} entries, the booster has {n} classes")
@@ -106,13 +107,6 @@ def _class_names(final: Any, given: list[str] | None) -> tuple[str, ...]:
             )
         return tuple(str(c) for c in given)
     return tuple(classes)
-
-
-def _num_class(booster: Any) -> int:
-    import json
-
-    cfg = json.loads(booster.save_config())
-    return int(cfg["learner"]["learner_model_param"]["num_class"])
 
 
 def _serialize(obj: Any, stem: str) -> tuple[ArtifactRef, bytes]:
@@ -281,11 +275,12 @@ def _check_round_trip(model: Any, loaded: LoadedModel, background: pd.DataFrame)
 
     if isinstance(model, xgb.Booster):
         expected = np.asarray(model.predict(loaded._dmatrix(background.to_numpy(dtype=np.float64))))
-        got = loaded.proba_matrix(loaded.transform(background)) if loaded.is_classifier else None
-        if got is not None:
-            got = got[:, 1] if expected.ndim == 1 else got
-        else:
+        if not loaded.is_classifier:
             got = loaded.predict_value(background)
+        else:
+            # A binary booster predicts P(class 1) alone; the loaded model answers both columns.
+            proba = loaded.predict_proba(background)
+            got = proba[:, 1] if expected.ndim == 1 else proba
     elif loaded.is_classifier:
         expected = np.asarray(model.predict_proba(background))
         got = loaded.predict_proba(background)
