@@ -18,26 +18,19 @@ background hash, output space) in its own ``params``.
 
 from __future__ import annotations
 
-import platform
 from functools import cache
-from importlib import metadata
 from typing import Any
 
 from explain_service.audit.store import AuditEntry, AuditStore, AuditWriteError
 from explain_service.errors import AuditUnavailable
 from explain_service.registry.model import LoadedModel
+from explain_service.versions import library_versions
 
 
 @cache
-def library_versions() -> dict[str, str]:
+def explanation_libraries() -> dict[str, str]:
     """Versions of the libraries that compute explanations, in this process."""
-    out = {"python": platform.python_version()}
-    for dist in ("explain-service", "shap", "lime", "xgboost", "scikit-learn", "numpy", "pandas"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    return out
+    return library_versions(("explain-service", "shap", "lime", "xgboost", "scikit-learn", "numpy", "pandas"))
 
 
 def quality(explanation: dict[str, Any]) -> dict[str, Any]:
@@ -66,7 +59,7 @@ def record_body(
     return {
         "kind": "explanation",
         "model": ref,
-        "libraries": library_versions(),
+        "libraries": explanation_libraries(),
         "request": request,
         "instance": instance,
         "explanation": explanation,

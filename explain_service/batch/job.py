@@ -18,13 +18,11 @@ running (committed chunks are kept, so ``--resume`` goes on from there).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +49,7 @@ from explain_service.explainers import EXPLAINERS
 from explain_service.registry.model import LoadedModel
 from explain_service.registry.store import ModelRegistry
 from explain_service.service import METHOD_ORDER, ExplainService
+from explain_service.versions import library_versions
 
 OUTPUT_FORMAT = 1
 DEFAULT_CHUNK_SIZE = 10_000
@@ -111,11 +110,10 @@ def _plain_json(value: Any) -> Any:
 
 
 def _library_versions() -> dict[str, str]:
-    out = {"explain-service": explain_service.__version__}
-    for dist in ("xgboost", "scikit-learn", "shap", "numpy", "pandas", "pyarrow"):
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            out[dist] = metadata.version(dist)
-    return out
+    return {
+        "explain-service": explain_service.__version__,
+        **library_versions(("xgboost", "scikit-learn", "shap", "numpy", "pandas", "pyarrow"), python=False),
+    }
 
 
 def prepare(spec: JobSpec) -> PreparedJob:

@@ -10,16 +10,13 @@ predictions on the background rows, or the registration is undone.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
-import platform
 import shutil
 import tempfile
 import threading
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -38,18 +35,11 @@ from explain_service.registry.manifest import (
 )
 from explain_service.registry.model import LoadedModel
 from explain_service.registry.schema import Constraint, FeatureSchema, infer_schema
+from explain_service.versions import library_versions
 
 BACKGROUND_NAME = "background.csv"
 MAX_BACKGROUND_ROWS = 1000
 DEFAULT_MODELS_DIR = "models"
-
-
-def _library_versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for dist in ("scikit-learn", "xgboost", "skops", "numpy", "pandas", "shap"):
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            out[dist] = metadata.version(dist)
-    return out
 
 
 def _split(model: Any) -> tuple[Any | None, Any]:
@@ -249,7 +239,7 @@ def register_model(
         preprocessor=pre_ref,
         background_file=BACKGROUND_NAME,
         files={k: artifacts.sha256_bytes(v) for k, v in blobs.items()},
-        libraries=_library_versions(),
+        libraries=library_versions(("scikit-learn", "xgboost", "skops", "numpy", "pandas", "shap")),
         description=description or "",
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
