@@ -25,6 +25,7 @@ same exceptions as HTML.
 from __future__ import annotations
 
 from http import HTTPStatus
+from typing import Any
 
 # Reason phrases pinned here: Python 3.13 renamed 422 to "Unprocessable Content", and the
 # error shape is part of the external contract.
@@ -117,3 +118,20 @@ class Unavailable(ServiceError):
 class AuditUnavailable(Unavailable):
     def __init__(self, reason: str) -> None:
         super().__init__(f"The audit record could not be written, so no answer is given: {reason}")
+
+
+def flatten_errors(errors: Any, prefix: str = "") -> dict[str, list[str]]:
+    """``{"instances": {0: {"age": [...]}}}`` -> ``{"instances.0.age": [...]}``."""
+    out: dict[str, list[str]] = {}
+    if isinstance(errors, dict):
+        for key, value in errors.items():
+            path = f"{prefix}.{key}" if prefix else str(key)
+            out.update(flatten_errors(value, path))
+    elif isinstance(errors, list) and all(isinstance(e, str) for e in errors):
+        out[prefix or "_body"] = list(errors)
+    elif isinstance(errors, list):
+        for e in errors:
+            out.update(flatten_errors(e, prefix))
+    else:
+        out[prefix or "_body"] = [str(errors)]
+    return out

@@ -18,8 +18,9 @@ import numpy as np
 import pandas as pd
 from marshmallow import ValidationError
 
-from explain_service.errors import ValidationFailed
+from explain_service.errors import ValidationFailed, flatten_errors
 from explain_service.explainers import EXPLAINERS, Explainer
+from explain_service.explainers.base import plain
 from explain_service.explainers.reasons import reasons
 from explain_service.explainers.shap import OptionNotSupported
 from explain_service.registry.model import LoadedModel
@@ -35,14 +36,10 @@ class Recorder(Protocol):
         ...
 
 
-def _plain(value: Any) -> Any:
-    return value.item() if isinstance(value, np.generic) else value
-
-
 def rows_as_dicts(rows: pd.DataFrame) -> list[dict[str, Any]]:
     """Typed rows as JSON-ready dicts (numpy scalars made plain)."""
     names = list(rows.columns)
-    return [{n: _plain(v) for n, v in zip(names, rec, strict=True)} for rec in rows.itertuples(index=False)]
+    return [{n: plain(v) for n, v in zip(names, rec, strict=True)} for rec in rows.itertuples(index=False)]
 
 
 @dataclass
@@ -94,8 +91,6 @@ class ExplainService:
             try:
                 loaded[method] = _options_schema(self.explainers[method]).load(given)
             except ValidationError as exc:
-                from explain_service.api.validation import flatten_errors
-
                 errors.update(flatten_errors(exc.messages, f"options.{method}"))
         if errors:
             raise ValidationFailed(errors)

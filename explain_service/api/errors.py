@@ -9,9 +9,8 @@ from flask import Flask, Response
 from flask_smorest import Api
 from werkzeug.exceptions import HTTPException
 
-from explain_service.api.validation import flatten_errors
 from explain_service.audit.store import AuditError
-from explain_service.errors import ServiceError, status_phrase
+from explain_service.errors import ServiceError, flatten_errors, status_phrase
 from explain_service.jsonio import json_response
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 from marshmallow import Schema, ValidationError, fields, validate
 
-from explain_service.errors import ValidationFailed
+from explain_service.errors import ValidationFailed, flatten_errors
 from explain_service.registry.model import LoadedModel
 from explain_service.registry.schema import Feature, frame_from_records
 
@@ -136,23 +136,6 @@ def instance_schema(model: LoadedModel) -> Schema:
         schema = cls()
         _SCHEMAS[model.sha256] = schema
     return schema
-
-
-def flatten_errors(errors: Any, prefix: str = "") -> dict[str, list[str]]:
-    """``{"instances": {0: {"age": [...]}}}`` -> ``{"instances.0.age": [...]}``."""
-    out: dict[str, list[str]] = {}
-    if isinstance(errors, dict):
-        for key, value in errors.items():
-            path = f"{prefix}.{key}" if prefix else str(key)
-            out.update(flatten_errors(value, path))
-    elif isinstance(errors, list) and all(isinstance(e, str) for e in errors):
-        out[prefix or "_body"] = list(errors)
-    elif isinstance(errors, list):
-        for e in errors:
-            out.update(flatten_errors(e, prefix))
-    else:
-        out[prefix or "_body"] = [str(errors)]
-    return out
 
 
 def validate_instances(

@@ -78,6 +78,11 @@ class Explainer(Protocol):
         ...
 
 
+def plain(value: Any) -> Any:
+    """A numpy scalar as the Python value JSON and hashing expect; anything else unchanged."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def canonical_json(value: Any) -> bytes:
     """Stable JSON bytes (sorted keys) used for hashing and seeding."""
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY)

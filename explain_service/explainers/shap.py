@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 from marshmallow import Schema, fields, validate
 
-from explain_service.explainers.base import derive_seed
+from explain_service.explainers.base import derive_seed, plain
 from explain_service.registry.model import LoadedModel
 
 OUTPUTS = ("log_odds", "probability", "raw")
@@ -312,18 +312,18 @@ def _agnostic(
 
         info: dict[str, Any] = {"background_size": b, "max_evals": max_evals}
         if (2**m) * b <= max_evals:
-            phi, v_empty, v_full = _exact_shapley(f, m)
+            phi, v_empty = _exact_shapley(f, m)
             info["algorithm"] = "exact_enumeration"
             info["evaluations"] = (2**m) * b
         else:
             seed = options.get("seed")
             if seed is None:
-                row_json = {n: _plain(x[n]) for n in names}
+                row_json = {n: plain(x[n]) for n in names}
                 seed = derive_seed(
                     model.sha256, row_json, "shap", {k: v for k, v in options.items() if k != "seed"}
                 )
             n_perm = max(1, (max_evals - 2 * b) // (2 * max(m - 1, 1) * b))
-            phi, v_empty, v_full = _permutation_shapley(f, m, n_perm, seed)
+            phi, v_empty = _permutation_shapley(f, m, n_perm, seed)
             info.update(
                 algorithm="permutation",
                 permutations=n_perm,
@@ -332,13 +332,8 @@ def _agnostic(
             )
         values[i], base[i] = phi, v_empty
         out[i] = _own_output(model, rows.iloc[[i]], target, output)
-        del v_full
         per_row.append(info)
     return values, base, out, per_row
-
-
-def _plain(value: Any) -> Any:
-    return value.item() if hasattr(value, "item") else value
 
 
 def _transform_output(p: np.ndarray, output: str) -> np.ndarray:
@@ -379,7 +374,7 @@ def _coalition_values(
     return preds.reshape(c, b).mean(axis=1)
 
 
-def _exact_shapley(f: Any, m: int) -> tuple[np.ndarray, float, float]:
+def _exact_shapley(f: Any, m: int) -> tuple[np.ndarray, float]:
     """Shapley values from all 2**m coalitions (coalition k holds feature j when bit j is set)."""
     ids = np.arange(2**m)
     masks = ((ids[:, None] >> np.arange(m)[None, :]) & 1).astype(bool)
@@ -390,10 +385,10 @@ def _exact_shapley(f: Any, m: int) -> tuple[np.ndarray, float, float]:
     for j in range(m):
         without = ids[~masks[:, j]]
         phi[j] = float(np.sum(weights[sizes[without]] * (v[without | (1 << j)] - v[without])))
-    return phi, float(v[0]), float(v[-1])
+    return phi, float(v[0])
 
 
-def _permutation_shapley(f: Any, m: int, n_perm: int, seed: int) -> tuple[np.ndarray, float, float]:
+def _permutation_shapley(f: Any, m: int, n_perm: int, seed: int) -> tuple[np.ndarray, float]:
     """Antithetic permutation sampling: each permutation walked forwards and backwards."""
     rng = np.random.default_rng(seed)
     perms = [rng.permutation(m) for _ in range(n_perm)]
@@ -411,4 +406,4 @@ def _permutation_shapley(f: Any, m: int, n_perm: int, seed: int) -> tuple[np.nda
     for w, p in enumerate(walks):
         chain = np.concatenate([[v_empty], v[w], [v_full]])
         phi[p] += np.diff(chain)
-    return phi / len(walks), v_empty, v_full
+    return phi / len(walks), v_empty
