@@ -42,6 +42,7 @@ def serve(host: str, port: int, workers: int, timeout: int, access_log: bool) ->
     metrics_dir = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", "var/prometheus"))
     shutil.rmtree(metrics_dir, ignore_errors=True)
     metrics_dir.mkdir(parents=True)
+    _prepare_audit_store(settings)
     gunicorn = Path(sys.executable).with_name("gunicorn")
     args = [
         str(gunicorn),
@@ -63,6 +64,15 @@ def serve(host: str, port: int, workers: int, timeout: int, access_log: bool) ->
         f"explain-service on http://{host}:{port} ({workers} workers, models in {settings.models_dir})"
     )
     os.execv(args[0], args)
+
+
+def _prepare_audit_store(settings: Settings) -> None:
+    """Create the audit schema (and SQLite's WAL mode) once, before gunicorn forks its workers."""
+    from explain_service.audit.store import AuditStore
+
+    with AuditStore(settings.database_url, durability=settings.audit_durability) as store:  # type: ignore[arg-type]
+        if not store.ping():
+            click.echo("warning: the audit store does not answer yet; /readyz will say so", err=True)
 
 
 @main.group()

@@ -10,6 +10,8 @@ import hashlib
 import io
 import itertools
 import multiprocessing
+import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -742,6 +744,42 @@ def test_unknown_durability_is_refused(sqlite_url: str) -> None:
 
 
 # -- concurrency --------------------------------------------------------------------------------------
+
+
+def test_wal_mode_waits_for_a_process_creating_the_file(tmp_path: Path) -> None:
+    # The race of several workers opening a fresh database: one holds the write lock on a file that is
+    # not in WAL mode yet, and SQLite fails the others' journal-mode change at once instead of waiting.
+    path = tmp_path / "audit.sqlite3"
+    creator = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    creator.execute("BEGIN IMMEDIATE")
+    creator.execute("CREATE TABLE other (a)")
+    released = threading.Timer(0.3, creator.execute, args=("COMMIT",))
+    released.start()
+    try:
+        with AuditStore(f"sqlite:///{path}", timeout=10) as audit_store:
+            stored = audit_store.append([entry(0)])
+            with audit_store._engine.connect() as conn:
+                mode = conn.exec_driver_sql("PRAGMA journal_mode").scalar()
+    finally:
+        released.join()
+        creator.close()
+    assert [record.seq for record in stored] == [1]
+    assert mode == "wal"
+
+
+def test_wal_mode_gives_up_after_the_timeout(tmp_path: Path) -> None:
+    path = tmp_path / "audit.sqlite3"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("CREATE TABLE other (a)")
+    try:
+        started = time.monotonic()
+        with AuditStore(f"sqlite:///{path}", timeout=0.3) as audit_store, pytest.raises(AuditWriteError):
+            audit_store.append([entry(0)])
+        assert 0.25 <= time.monotonic() - started < 5
+    finally:
+        holder.rollback()
+        holder.close()
 
 
 def _append_from_worker(url: str, worker: int, barrier: Any, results: Any) -> None:

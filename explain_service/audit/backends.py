@@ -34,6 +34,9 @@ Durability (``AuditStore(url, durability=...)``):
 
 from __future__ import annotations
 
+import random
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -65,7 +68,7 @@ def sqlite_engine(url: URL, timeout: float, durability: Durability) -> Engine:
         try:
             cursor.execute(f"PRAGMA busy_timeout = {round(timeout * 1000)}")
             cursor.execute("PRAGMA foreign_keys = ON")
-            cursor.execute("PRAGMA journal_mode = WAL")
+            enable_wal(cursor, timeout)
             cursor.execute(f"PRAGMA synchronous = {'FULL' if durability == 'full' else 'NORMAL'}")
         finally:
             cursor.close()
@@ -76,6 +79,36 @@ def sqlite_engine(url: URL, timeout: float, durability: Durability) -> Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
+
+
+def enable_wal(cursor: Any, timeout: float) -> None:
+    """Put the database in WAL mode, waiting up to ``timeout`` seconds for other connections.
+
+    SQLite does not call the busy handler when a journal-mode change meets a lock: on a new (still empty)
+    file that another process is creating the schema in, ``PRAGMA journal_mode = WAL`` fails at once with
+    "database is locked", although ``busy_timeout`` is set. So the change is retried here, with a short
+    growing pause, until it succeeds or ``timeout`` has passed (then the last error is raised). Once the
+    file is in WAL mode, the pragma takes no lock and returns at once.
+    """
+    deadline = time.monotonic() + timeout
+    pause = 0.001
+    while True:
+        try:
+            mode = cursor.execute("PRAGMA journal_mode = WAL").fetchone()
+        except sqlite3.OperationalError as exc:
+            if not _is_locked(exc) or time.monotonic() + pause > deadline:
+                raise
+            time.sleep(pause * (0.5 + random.random()))
+            pause = min(pause * 2, 0.05)
+            continue
+        if mode is None or str(mode[0]).lower() != "wal":
+            raise sqlite3.OperationalError(f"the database cannot use WAL mode (it stays in {mode!r})")
+        return
+
+
+def _is_locked(exc: sqlite3.OperationalError) -> bool:
+    message = str(exc).lower()
+    return "locked" in message or "busy" in message
 
 
 def postgresql_engine(url: URL, timeout: float) -> Engine:
