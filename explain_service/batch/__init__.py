@@ -2,7 +2,8 @@
 
 Modules, in the order data flows through them::
 
-    io.py        chunked readers (CSV via pandas, Parquet via pyarrow), input fingerprint, durable writes
+    csv_input.py CSV rows one by one: well-formed rows to pandas, malformed ones to the rejected rows
+    io.py        chunked readers (CSV, Parquet via pyarrow), whole-file fingerprint, durable writes
     validate.py  whole-chunk validation with the API's instance rules; per-row messages for rejects
     layout.py    the output columns of each method (the file layout below)
     compute.py   one chunk -> one encoded part + its rejected rows (runs wherever the model is)
@@ -29,7 +30,9 @@ Output layout (one row per valid input row, in input order):
 The Parquet schema metadata ``explain_service`` records the model (name,
 version, sha256), methods, target, options and library versions. Rejected rows
 go to ``OUT.rejected.jsonl`` as ``{"row", "errors", "input"}`` objects (``row``
-is the 0-based input row), in input order.
+is the 0-based input row), in input order; so do CSV rows that cannot be read as
+rows (wrong number of fields, bytes that are not UTF-8), with ``errors`` under
+``_row`` (or the field holding the bad bytes) and ``input`` the fields as found.
 
 Counterfactuals are searched one row per call, so each row gets the method's
 whole ``time_budget_ms`` as an API request for it would. With an audit store

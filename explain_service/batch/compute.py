@@ -32,21 +32,40 @@ from explain_service.service import counterfactual_goals
 PARQUET_OPTIONS: dict[str, Any] = {"compression": "snappy", "write_statistics": True}
 
 
+@dataclass(frozen=True)
+class Malformed:
+    """An input row that could not be read as a row (wrong field count, bad text): a rejected row."""
+
+    errors: dict[str, list[str]]
+    input: dict[str, Any]
+
+
 @dataclass
 class RawChunk:
     """Rows ``start .. start+len-1`` of the input, as read.
 
-    ``features`` holds the model's feature columns (any dtype; validation decodes
-    them), ``passthrough`` every other input column with its type as read.
+    ``features`` holds the model's feature columns of the readable rows (any dtype;
+    validation decodes them), ``passthrough`` every other input column with its
+    type as read. ``positions`` gives each readable row's place in the chunk (None:
+    0, 1, 2, ...); ``malformed`` the unreadable rows, by place. ``typed``: values
+    are typed (Parquet) and judged by type; otherwise they are CSV text, parsed.
     """
 
     index: int
     start: int
     features: pd.DataFrame
     passthrough: pa.Table
+    typed: bool = False
+    positions: np.ndarray | None = None
+    malformed: dict[int, Malformed] = field(default_factory=dict)
 
     def __len__(self) -> int:
-        return len(self.features)
+        return len(self.features) + len(self.malformed)
+
+    def row_numbers(self) -> np.ndarray:
+        """The 0-based input row of each row of ``features``."""
+        places = self.positions if self.positions is not None else np.arange(len(self.features))
+        return self.start + places
 
 
 @dataclass(frozen=True)
@@ -88,7 +107,7 @@ def explain_chunk(model: LoadedModel, chunk: RawChunk, plan: ChunkPlan) -> Chunk
     """Validate, predict, explain and encode one chunk."""
     if model.sha256 != plan.model_sha256:
         raise RuntimeError(f"worker has model {model.sha256[:12]}, the job needs {plan.model_sha256[:12]}")
-    checked = validate_chunk(model, chunk.features)
+    checked = validate_chunk(model, chunk.features, typed=chunk.typed)
     n_valid = int(checked.valid.sum())
     columns: list[pa.Array] = []
     passthrough = chunk.passthrough
@@ -102,7 +121,7 @@ def explain_chunk(model: LoadedModel, chunk: RawChunk, plan: ChunkPlan) -> Chunk
             columns.append(passthrough.column(name).combine_chunks())
     audit: list[Any] = []
     if n_valid and plan.audit_job is not None:
-        numbers = (chunk.start + np.flatnonzero(checked.valid)).tolist()
+        numbers = chunk.row_numbers()[checked.valid].tolist()
         explained, audit = _audited_columns(model, checked.columns, plan, numbers)
         columns += explained
     elif n_valid:
@@ -116,7 +135,7 @@ def explain_chunk(model: LoadedModel, chunk: RawChunk, plan: ChunkPlan) -> Chunk
         index=chunk.index,
         rows=len(chunk),
         written=n_valid,
-        rejected=len(checked.errors),
+        rejected=len(checked.errors) + len(chunk.malformed),
         part=buf.getvalue(),
         rejected_lines=rejected_lines(chunk, checked.errors, plan.input_columns),
         audit=audit,
@@ -203,21 +222,26 @@ def _plain(value: Any) -> Any:
 
 
 def rejected_lines(chunk: RawChunk, errors: dict[int, dict[str, list[str]]], order: tuple[str, ...]) -> bytes:
-    """JSON Lines, one per rejected row: ``{"row", "errors", "input"}`` (row = 0-based input row)."""
-    if not errors:
-        return b""
+    """JSON Lines, one per rejected row, in row order: ``{"row", "errors", "input"}`` (0-based input row).
+
+    ``errors`` is keyed by position in ``chunk.features``; the chunk's malformed rows join them.
+    """
+    records: list[tuple[int, dict[str, Any]]] = []
     positions = sorted(errors)
     extra: list[dict[str, Any]] = [{} for _ in positions]
-    if chunk.passthrough.num_columns:
+    if positions and chunk.passthrough.num_columns:
         extra = chunk.passthrough.take(pa.array(positions, type=pa.int64())).to_pylist()
-    lines = []
+    numbers = chunk.row_numbers()
     for k, i in enumerate(positions):
         raw = {name: _plain(chunk.features[name].iat[i]) for name in chunk.features.columns}
         raw.update(extra[k])
-        record = {
-            "row": chunk.start + i,
-            "errors": dict(sorted(errors[i].items())),
-            "input": {name: raw[name] for name in order},
-        }
+        row = int(numbers[i])
+        records.append((row, {"row": row, "errors": errors[i], "input": {name: raw[name] for name in order}}))
+    for place, bad in chunk.malformed.items():
+        row = chunk.start + place
+        records.append((row, {"row": row, "errors": bad.errors, "input": bad.input}))
+    lines = []
+    for _, record in sorted(records, key=lambda r: r[0]):
+        record["errors"] = dict(sorted(record["errors"].items()))
         lines.append(orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY, default=str) + b"\n")
     return b"".join(lines)

@@ -42,7 +42,14 @@ from explain_service.batch.engines import (
 )
 from explain_service.batch.io import FORMATS, InputError, InputInfo, fingerprint, inspect_input, read_chunks
 from explain_service.batch.layout import clashing_columns, feature_field, output_schema
-from explain_service.batch.manifest import ChunkRecord, JobStateError, PartsDir, part_name, rejected_name
+from explain_service.batch.manifest import (
+    ChunkRecord,
+    JobManifest,
+    JobStateError,
+    PartsDir,
+    part_name,
+    rejected_name,
+)
 from explain_service.batch.progress import Progress, Summary
 from explain_service.errors import ServiceError, ValidationFailed
 from explain_service.explainers import EXPLAINERS
@@ -118,58 +125,17 @@ def _library_versions() -> dict[str, str]:
 
 def prepare(spec: JobSpec) -> PreparedJob:
     """Check everything that can be checked before any row is read; raises :class:`JobRefused`."""
-    if spec.chunk_size < 1:
-        raise JobRefused(f"chunk size must be a positive number of rows, not {spec.chunk_size}")
-    if not spec.output.name.endswith(".parquet"):
-        raise JobRefused(f"the output must be a .parquet file, not {spec.output.name!r}")
-    if spec.input.suffix.lower() not in FORMATS:
-        raise JobRefused(f"unsupported input extension {spec.input.suffix!r}: use .csv or .parquet")
-    if not spec.input.is_file():
-        raise JobRefused(f"input file {spec.input} does not exist")
-    if spec.output.resolve() == spec.input.resolve():
-        raise JobRefused("the output must not be the input file")
-    methods = list(spec.methods)
-    unknown = [m for m in methods if m not in EXPLAINERS]
-    if unknown or not methods or len(set(methods)) != len(methods):
-        raise JobRefused(
-            f"unknown or repeated method(s) {', '.join(unknown) or ', '.join(methods)}; "
-            f"available: {', '.join(m for m in METHOD_ORDER if m in EXPLAINERS)}"
-        )
-    methods = [m for m in METHOD_ORDER if m in methods] + [m for m in methods if m not in METHOD_ORDER]
-
-    registry = ModelRegistry(spec.models_dir)
-    try:
-        model = registry.get(spec.model, spec.version)
-    except ServiceError as exc:
-        raise JobRefused(f"{exc.message} (models dir {spec.models_dir})") from None
-    for method in methods:
-        if not EXPLAINERS[method].supports(model):
-            raise JobRefused(f"method {method!r} cannot explain model {model.name}@{model.version}")
-    service = ExplainService(explainers=dict(EXPLAINERS))
-    try:
-        options = service.load_options(methods, spec.options)
-        service.resolve_target(model, spec.target)
-    except ValidationFailed as exc:
-        raise JobRefused(_errors_text(exc.errors)) from None
-
-    try:
-        info = inspect_input(spec.input, model.schema)
-    except InputError as exc:
-        raise JobRefused(str(exc)) from None
-    missing = [n for n in model.schema.names if n not in info.columns]
-    if missing:
-        raise JobRefused(
-            f"input {spec.input} lacks feature column(s) {', '.join(missing)} of {model.name}@{model.version}"
-        )
-    clashes = clashing_columns(list(info.columns))
-    if clashes:
-        raise JobRefused(
-            f"input column(s) {', '.join(clashes)} would be overwritten by output columns; rename them"
-        )
-
+    _check_paths(spec)
+    methods = _methods(spec)
+    model, options = _model_and_options(spec, methods)
+    info = _input_info(spec, model)
     try:
         audit = audit_ref(spec.audit_url)
     except AuditRefused as exc:
+        raise JobRefused(str(exc)) from None
+    try:
+        input_print = fingerprint(spec.input)
+    except InputError as exc:
         raise JobRefused(str(exc)) from None
     options_json = _plain_json(options)
     model_ref = {"name": model.name, "version": model.version, "sha256": model.sha256}
@@ -181,14 +147,8 @@ def prepare(spec: JobSpec) -> PreparedJob:
         "options": options_json,
         "libraries": _library_versions(),
     }
-    fields = [
-        feature_field(model.schema[c])
-        if c in model.schema.names
-        else next(f for f in info.passthrough if f.name == c)
-        for c in info.columns
-    ]
     identity = {
-        "input": {"path": str(spec.input.resolve()), "format": info.format, **fingerprint(spec.input)},
+        "input": {"path": str(spec.input.resolve()), "format": info.format, **input_print},
         "model": model_ref,
         "methods": methods,
         "target": spec.target,
@@ -204,13 +164,99 @@ def prepare(spec: JobSpec) -> PreparedJob:
         target=spec.target,
         options=options,
         input_columns=info.columns,
-        schema=output_schema(model, fields, methods, metadata_doc),
+        schema=output_schema(model, _input_fields(model, info), methods, metadata_doc),
         raw_options=spec.options,
         audit_job=_job_id(identity) if spec.audit_url else None,
     )
     _trial(model, plan)
     version_dir = spec.models_dir / model.name / model.version
     return PreparedJob(spec, model, version_dir, info, plan, identity)
+
+
+def _check_paths(spec: JobSpec) -> None:
+    """Chunk size, file names, a readable input and a writable place for the output."""
+    if spec.chunk_size < 1:
+        raise JobRefused(f"chunk size must be a positive number of rows, not {spec.chunk_size}")
+    if not spec.output.name.endswith(".parquet"):
+        raise JobRefused(f"the output must be a .parquet file, not {spec.output.name!r}")
+    if spec.input.suffix.lower() not in FORMATS:
+        raise JobRefused(f"unsupported input extension {spec.input.suffix!r}: use .csv or .parquet")
+    if not spec.input.is_file():
+        raise JobRefused(f"input file {spec.input} does not exist")
+    if not os.access(spec.input, os.R_OK):
+        raise JobRefused(f"cannot read the input {spec.input}: permission denied")
+    if spec.output.resolve() == spec.input.resolve():
+        raise JobRefused("the output must not be the input file")
+    _check_writable(spec.output.parent)
+
+
+def _check_writable(directory: Path) -> None:
+    """Refuse an output directory that cannot be created or written, naming it."""
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise JobRefused(f"cannot write the output to {directory}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise JobRefused(f"cannot write the output to {directory}: permission denied on {existing}")
+
+
+def _methods(spec: JobSpec) -> list[str]:
+    """The requested methods in the service's order; refuses unknown or repeated ones."""
+    methods = list(spec.methods)
+    unknown = [m for m in methods if m not in EXPLAINERS]
+    if unknown or not methods or len(set(methods)) != len(methods):
+        raise JobRefused(
+            f"unknown or repeated method(s) {', '.join(unknown) or ', '.join(methods)}; "
+            f"available: {', '.join(m for m in METHOD_ORDER if m in EXPLAINERS)}"
+        )
+    return [m for m in METHOD_ORDER if m in methods] + [m for m in methods if m not in METHOD_ORDER]
+
+
+def _model_and_options(spec: JobSpec, methods: list[str]) -> tuple[LoadedModel, dict[str, Any]]:
+    """The verified model, and the methods' options loaded as the API loads them."""
+    registry = ModelRegistry(spec.models_dir)
+    try:
+        model = registry.get(spec.model, spec.version)
+    except ServiceError as exc:
+        raise JobRefused(f"{exc.message} (models dir {spec.models_dir})") from None
+    for method in methods:
+        if not EXPLAINERS[method].supports(model):
+            raise JobRefused(f"method {method!r} cannot explain model {model.name}@{model.version}")
+    service = ExplainService(explainers=dict(EXPLAINERS))
+    try:
+        options = service.load_options(methods, spec.options)
+        service.resolve_target(model, spec.target)
+    except ValidationFailed as exc:
+        raise JobRefused(_errors_text(exc.errors)) from None
+    return model, options
+
+
+def _input_info(spec: JobSpec, model: LoadedModel) -> InputInfo:
+    """The input's columns, checked against the model's features and the output's own columns."""
+    try:
+        info = inspect_input(spec.input, model.schema)
+    except InputError as exc:
+        raise JobRefused(str(exc)) from None
+    missing = [n for n in model.schema.names if n not in info.columns]
+    if missing:
+        raise JobRefused(
+            f"input {spec.input} lacks feature column(s) {', '.join(missing)} of {model.name}@{model.version}"
+        )
+    clashes = clashing_columns(list(info.columns))
+    if clashes:
+        raise JobRefused(
+            f"input column(s) {', '.join(clashes)} would be overwritten by output columns; rename them"
+        )
+    return info
+
+
+def _input_fields(model: LoadedModel, info: InputInfo) -> list[pa.Field]:
+    """Output fields of the input columns: features typed by the schema, the rest as read."""
+    passthrough = {f.name: f for f in info.passthrough}
+    return [
+        feature_field(model.schema[c]) if c in model.schema.names else passthrough[c] for c in info.columns
+    ]
 
 
 def _job_id(identity: dict[str, Any]) -> str:
@@ -260,49 +306,26 @@ def run_job(spec: JobSpec, progress: Progress | None = None) -> Summary:
     """Run (or resume) a job to its final file; see the module docstring."""
     job = prepare(spec)
     progress = progress or Progress()
-    spec.output.parent.mkdir(parents=True, exist_ok=True)
-    parts = PartsDir(spec.output)
     try:
         store = open_audit_store(spec.audit_url) if spec.audit_url else None
     except AuditRefused as exc:
         raise JobRefused(str(exc)) from None
+    parts = PartsDir(spec.output)
     try:
-        try:
-            manifest = parts.open(job.identity, resume=spec.resume)
-        except JobStateError as exc:
-            raise JobRefused(str(exc)) from None
+        manifest = _open_parts(parts, job)
         resumed = dict(manifest.chunks)
         t0 = time.monotonic()
         progress.start(
             job.info.total_rows, exact=job.info.exact_total, done=sum(r.rows for r in resumed.values())
         )
         if manifest.total_chunks is None or len(manifest.chunks) < manifest.total_chunks:
-            engine = make_engine(job)
-            seen = _Counter()
-            todo = _pending_chunks(job, resumed, seen)
-            try:
-                with engine:
-                    for result in engine.run(todo):
-                        if store is not None:
-                            append_once(store, result.audit)
-                        record = ChunkRecord(
-                            rows=result.rows,
-                            written=result.written,
-                            rejected=result.rejected,
-                            part_sha256=result.part_sha256,
-                            rejected_sha256=result.rejected_sha256,
-                        )
-                        parts.commit(result.index, record, result.part, result.rejected_lines)
-                        progress.advance(result.rows)
-            except (JobRefused, JobFailed):
-                raise
-            except Exception as exc:
-                raise JobFailed(f"{type(exc).__name__}: {exc}") from exc
-            parts.set_total(seen.count)
-            engine_name = engine.description
+            engine_name = _compute(job, parts, resumed, store, progress)
         else:
             engine_name = "nothing left to compute"
-        summary = _finish(job, parts, t0, resumed, engine_name)
+        try:
+            summary = _finish(job, parts, t0, resumed, engine_name)
+        except OSError as exc:
+            raise JobFailed(f"cannot write the output {spec.output}: {exc.strerror or exc}") from exc
     finally:
         progress.close()
         parts.close()
@@ -310,6 +333,47 @@ def run_job(spec: JobSpec, progress: Progress | None = None) -> Summary:
             store.close()
     progress.finish(summary)
     return summary
+
+
+def _open_parts(parts: PartsDir, job: PreparedJob) -> JobManifest:
+    """Create (or take up) the parts directory; refusals and unwritable places are one line."""
+    try:
+        job.spec.output.parent.mkdir(parents=True, exist_ok=True)
+        return parts.open(job.identity, resume=job.spec.resume)
+    except JobStateError as exc:
+        raise JobRefused(str(exc)) from None
+    except OSError as exc:
+        where = exc.filename or parts.path
+        raise JobRefused(f"cannot write the output to {where}: {exc.strerror or exc}") from None
+
+
+def _compute(
+    job: PreparedJob, parts: PartsDir, resumed: dict[int, ChunkRecord], store: Any, progress: Progress
+) -> str:
+    """Compute and commit every chunk not committed yet; returns the engine's description."""
+    engine = make_engine(job)
+    seen = _Counter()
+    todo = _pending_chunks(job, resumed, seen)
+    try:
+        with engine:
+            for result in engine.run(todo):
+                if store is not None:
+                    append_once(store, result.audit)
+                record = ChunkRecord(
+                    rows=result.rows,
+                    written=result.written,
+                    rejected=result.rejected,
+                    part_sha256=result.part_sha256,
+                    rejected_sha256=result.rejected_sha256,
+                )
+                parts.commit(result.index, record, result.part, result.rejected_lines)
+                progress.advance(result.rows)
+    except (JobRefused, JobFailed):
+        raise
+    except Exception as exc:
+        raise JobFailed(f"{type(exc).__name__}: {exc}") from exc
+    parts.set_total(seen.count)
+    return engine.description
 
 
 class _Counter:

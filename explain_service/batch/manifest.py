@@ -22,8 +22,9 @@ way. Only the driver writes here. After a crash at any point:
 Chunk ``k`` always covers input rows ``k*N .. k*N+N-1`` and its bytes depend on
 nothing else, so a chunk computed twice is the same chunk: no row is lost,
 none is written twice, and the combined file equals that of a run that never
-stopped. A manifest whose job identity (input fingerprint, model, methods,
-options, chunk size) differs from the new run's is refused.
+stopped. A manifest whose job identity (the input's path and whole-file
+sha256, model, methods, options, chunk size) differs from the new run's is
+refused: a changed input is never resumed, whatever its size and mtime say.
 """
 
 from __future__ import annotations
@@ -144,13 +145,7 @@ class PartsDir:
                 manifest = JobManifest.parse(self.manifest_path.read_bytes())
             except (ValueError, KeyError, TypeError) as exc:
                 raise JobStateError(f"unreadable job manifest {self.manifest_path}: {exc}") from None
-            changed = differences(manifest.job, job)
-            if changed:
-                raise JobStateError(
-                    f"cannot resume: the job in {self.path} was started with different "
-                    f"{', '.join(changed)}; rerun with the original parameters and input, "
-                    "or delete the directory to start again"
-                )
+            self._check_identity(manifest.job, job)
             self._check_parts(manifest)
         else:
             manifest = JobManifest(job=job)
@@ -158,6 +153,23 @@ class PartsDir:
         self._sweep(manifest)
         self.manifest = manifest
         return manifest
+
+    def _check_identity(self, old: dict[str, Any], new: dict[str, Any]) -> None:
+        """Refuse to resume a job whose input content or parameters differ from this run's."""
+        changed = differences(old, new)
+        if not changed:
+            return
+        if "input.path" not in changed and any(c.startswith("input.") for c in changed):
+            raise JobStateError(
+                f"cannot resume: the input {new['input']['path']} changed since the job started "
+                f"(its sha256 differs from the one recorded in {self.manifest_path}); rerun with the "
+                f"original input, or delete {self.path} to start again"
+            )
+        raise JobStateError(
+            f"cannot resume: the job in {self.path} was started with different "
+            f"{', '.join(changed)}; rerun with the original parameters and input, "
+            "or delete the directory to start again"
+        )
 
     def _lock(self) -> None:
         fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)

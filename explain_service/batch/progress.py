@@ -1,9 +1,10 @@
 """Progress of a batch job on stderr.
 
 On a terminal: a tqdm bar with rows/s and ETA. Otherwise (logs, CI, pipes):
-one plain line every ``interval`` seconds and at the end, e.g.::
+one plain line every ``interval`` seconds and at the end, each behind a UTC
+timestamp, e.g.::
 
-    batch: 40,000/200,000 rows (20.0%), 9,812 rows/s, ETA 0:00:16
+    2026-03-01T09:15:02Z batch: 40,000/200,000 rows (20.0%), 9,812 rows/s, ETA 0:00:16
 
 Rows/s and ETA count the rows computed by this run only (chunks taken over
 from an interrupted run are counted as done from the start).
@@ -14,7 +15,7 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
 
@@ -130,4 +131,5 @@ class Progress:
             self._tqdm = None
 
     def _emit(self, line: str) -> None:
-        print(line, file=self.stream, flush=True)
+        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        print(f"{stamp} {line}", file=self.stream, flush=True)

@@ -12,10 +12,15 @@ chunk is checked column by column here with the same rules:
 * a missing value (an empty numeric cell, a null) is "Field may not be null.".
 
 Each cell is first *decoded* into the value an API caller would have sent
-(:func:`decode_column`); the vectorised rules judge those values, and only the
-rows that fail are passed through the per-row schema, whose messages are what
-the rejected-rows file reports. ``tests/test_batch.py`` checks that both
-paths accept exactly the same rows.
+(:func:`decode_column`): CSV cells are text, so a number or ``true`` written in
+a cell is that number or boolean; Parquet cells are typed (``typed=True``) and
+are taken as they are, as JSON values are by the API: the text ``"67"`` is not a
+number, the number ``1`` is not a category, a timestamp is nothing the schema
+takes. The vectorised rules judge those values, and only the rows that fail
+are passed through the per-row schema, whose messages are what the
+rejected-rows file reports. ``tests/test_batch.py`` checks that both
+paths accept exactly the same rows; were they ever to disagree, the row is still
+rejected, naming the fields the vectorised rules refused.
 """
 
 from __future__ import annotations
@@ -64,11 +69,13 @@ class Decoded:
         if k == 3:
             return str(self.text[i])
         raw = self.raw[i]
+        if isinstance(raw, np.datetime64 | np.timedelta64):
+            return str(raw)  # .item() would turn nanosecond values into plain integers
         return raw.item() if isinstance(raw, np.generic) else raw
 
 
-def decode_column(feature: Feature, column: pd.Series) -> Decoded:
-    """Decode raw cells (as read from CSV or Parquet) into API-style values."""
+def decode_column(feature: Feature, column: pd.Series, *, typed: bool = False) -> Decoded:
+    """Decode raw cells into API-style values: CSV text is parsed, typed (Parquet) values are kept."""
     n = len(column)
     raw = column.to_numpy(dtype=object) if pd.api.types.is_object_dtype(column.dtype) else column.to_numpy()
     kind = np.full(n, 4, dtype=np.int8)
@@ -84,7 +91,11 @@ def decode_column(feature: Feature, column: pd.Series) -> Decoded:
     if feature.kind == "categorical":
         missing = column.isna().to_numpy()
         kind[:] = np.where(missing, 0, 3)
-        if pd.api.types.is_object_dtype(dtype):
+        if typed:
+            is_text = np.fromiter((isinstance(v, str) for v in raw), bool, n)
+            kind[~missing & ~is_text] = 4
+            text = np.where(is_text, raw, "").astype(object)
+        elif pd.api.types.is_object_dtype(dtype):
             text = np.where(missing, "", raw).astype(object)
             if pd.api.types.infer_dtype(raw, skipna=True) not in ("string", "empty"):
                 not_str = ~missing & ~np.fromiter((isinstance(v, str) for v in raw), bool, n)
@@ -107,12 +118,14 @@ def decode_column(feature: Feature, column: pd.Series) -> Decoded:
         numbers = column.to_numpy(dtype=np.float64)
         kind[:] = np.where(np.isnan(numbers), 0, 1)
     else:
-        kind, numbers, flags, integral = _decode_objects(raw, feature.kind == "boolean")
+        kind, numbers, flags, integral = _decode_objects(raw, feature.kind == "boolean", typed)
     return Decoded(kind, numbers, flags, text, raw, integral)
 
 
-def _decode_objects(raw: np.ndarray, want_boolean: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
-    """Mixed cells: missing, booleans (also as text for boolean features), numbers (also as text)."""
+def _decode_objects(
+    raw: np.ndarray, want_boolean: bool, typed: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+    """Mixed cells: missing, booleans, numbers; from text too unless ``typed`` (then text stays text)."""
     n = len(raw)
     kind = np.full(n, 4, dtype=np.int8)
     flags = np.zeros(n, dtype=bool)
@@ -122,7 +135,9 @@ def _decode_objects(raw: np.ndarray, want_boolean: bool) -> tuple[np.ndarray, np
     kind[is_bool] = 2
     flags[is_bool] = [bool(v) for v in raw[is_bool]]
     rest = ~missing & ~is_bool
-    if want_boolean:
+    if typed:
+        rest &= np.fromiter((pd.api.types.is_number(v) for v in raw), bool, n)
+    elif want_boolean:
         lowered = np.array([v.lower() if isinstance(v, str) else "" for v in raw], dtype=object)
         for word, flag in ((TRUE_TEXT, True), (FALSE_TEXT, False)):
             hit = rest & (lowered == word)
@@ -175,27 +190,34 @@ class CheckedChunk:
     errors: dict[int, dict[str, list[str]]]
 
 
-def validate_chunk(model: LoadedModel, frame: pd.DataFrame) -> CheckedChunk:
-    """Validate every feature column of ``frame``; rows are positions 0..len-1."""
+def validate_chunk(model: LoadedModel, frame: pd.DataFrame, *, typed: bool = False) -> CheckedChunk:
+    """Validate every feature column of ``frame``; rows are positions 0..len-1.
+
+    ``typed``: the cells are typed values (Parquet), judged by type; otherwise CSV text.
+    """
     n = len(frame)
     valid = np.ones(n, dtype=bool)
     decoded: dict[str, Decoded] = {}
-    typed: dict[str, np.ndarray] = {}
+    values: dict[str, np.ndarray] = {}
+    refused: dict[str, np.ndarray] = {}
     for feature in model.schema.features:
-        decoded[feature.name] = d = decode_column(feature, frame[feature.name])
-        ok, typed[feature.name] = check_column(feature, d)
+        decoded[feature.name] = d = decode_column(feature, frame[feature.name], typed=typed)
+        ok, values[feature.name] = check_column(feature, d)
+        refused[feature.name] = ~ok
         valid &= ok
     errors: dict[int, dict[str, list[str]]] = {}
     for i in np.flatnonzero(~valid).tolist():
         record = {name: d.value(i) for name, d in decoded.items()}
         found = validate_row_errors(model, record)
         # The two paths are kept equivalent by the tests; a disagreement still rejects the row.
-        errors[i] = found or {"_row": ["Rejected by the batch validator."]}
-    columns = {name: values[valid] for name, values in typed.items()}
+        errors[i] = found or {
+            name: ["Rejected by the batch validator."] for name, bad in refused.items() if bad[i]
+        }
+    columns = {name: column[valid] for name, column in values.items()}
     return CheckedChunk(columns, valid, errors)
 
 
-def decoded_records(model: LoadedModel, frame: pd.DataFrame) -> list[dict[str, Any]]:
+def decoded_records(model: LoadedModel, frame: pd.DataFrame, *, typed: bool = False) -> list[dict[str, Any]]:
     """Every row of ``frame`` as the record the API would receive (for tests and diagnostics)."""
-    decoded = {f.name: decode_column(f, frame[f.name]) for f in model.schema.features}
+    decoded = {f.name: decode_column(f, frame[f.name], typed=typed) for f in model.schema.features}
     return [{name: d.value(i) for name, d in decoded.items()} for i in range(len(frame))]
