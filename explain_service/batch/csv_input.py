@@ -23,6 +23,7 @@ import io
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -56,14 +57,12 @@ def _rows(reader: Any) -> Iterator[list[str] | str]:
     """Each non-empty row's fields, or the tokeniser's complaint about it."""
     while True:
         try:
-            row = next(reader)
-        except StopIteration:
+            for row in reader:
+                if row:
+                    yield row
             return
         except csv.Error as exc:
             yield f"Not a readable CSV row: {exc}."
-            continue
-        if row:
-            yield row
 
 
 def _is_utf8(value: str) -> bool:
@@ -105,13 +104,7 @@ def csv_chunks(path: Path, columns: tuple[str, ...], chunk_size: int) -> Iterato
     with open_text(path) as f:
         rows = _rows(csv.reader(f))
         next(rows, None)
-        batch: list[list[str] | str] = []
-        for row in rows:
-            batch.append(row)
-            if len(batch) == chunk_size:
-                yield _sort(batch, columns)
-                batch = []
-        if batch:
+        while batch := list(islice(rows, chunk_size)):
             yield _sort(batch, columns)
 
 
@@ -119,18 +112,18 @@ def _sort(batch: list[list[str] | str], columns: tuple[str, ...]) -> CsvChunk:
     chunk = CsvChunk(rows=len(batch))
     width = len(columns)
     for pos, row in enumerate(batch):
-        if isinstance(row, str):
+        if len(row) == width and not isinstance(row, str) and _is_utf8("".join(row)):
+            chunk.good.append(row)
+            chunk.positions.append(pos)
+        elif isinstance(row, str):
             chunk.malformed[pos] = Malformed({"_row": [row]}, {})
         elif len(row) != width:
             message = f"Expected {width} fields, found {len(row)}."
             chunk.malformed[pos] = Malformed({"_row": [message]}, {"_fields": [shown(v) for v in row]})
-        elif not all(_is_utf8(v) for v in row):
+        else:
             bad = sorted(name for name, v in zip(columns, row, strict=True) if not _is_utf8(v))
             shown_row = {name: shown(v) for name, v in zip(columns, row, strict=True)}
             chunk.malformed[pos] = Malformed({name: [NOT_UTF8] for name in bad}, shown_row)
-        else:
-            chunk.good.append(row)
-            chunk.positions.append(pos)
     return chunk
 
 
