@@ -23,7 +23,11 @@ class Services:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.registry = ModelRegistry(settings.models_dir, threads=settings.model_threads)
+        self.registry = ModelRegistry(
+            settings.models_dir,
+            threads=settings.model_threads,
+            recheck_seconds=settings.model_recheck_seconds,
+        )
         self.audit = AuditStore(settings.database_url, durability=settings.audit_durability)  # type: ignore[arg-type]
         self.service = ExplainService(recorder=AuditRecorder(self.audit))
         self.plots = PlotCache(settings.plots_dir)
@@ -52,5 +56,6 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     api.init_app(app)
     if settings.eager_load:
+        # A version that fails is reported by /readyz and answered 503; the others serve.
         services.registry.load_all()
     return app

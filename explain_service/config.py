@@ -21,6 +21,7 @@ class Settings:
     max_instances: int = 100
     max_body_bytes: int = 2 * 1024 * 1024
     eager_load: bool = True
+    model_recheck_seconds: float = 30.0
     model_threads: int = 1
 
     @classmethod
@@ -34,6 +35,8 @@ class Settings:
                 continue
             if f.type in ("int",):
                 values[f.name] = int(raw)
+            elif f.type in ("float",):
+                values[f.name] = float(raw)
             elif f.type in ("bool",):
                 values[f.name] = raw.strip().lower() in ("1", "true", "yes", "on")
             else:

@@ -15,7 +15,9 @@ knows its HTTP status and builds its own message from structured arguments::
     │   ├── ArtifactRefused(path, reason) pickle, unknown format or untrusted type
     │   └── RegistrationError(reason)     register_model cannot store this model
     └── Unavailable (503)
-        └── AuditUnavailable(reason)      the audit record could not be written
+        ├── AuditUnavailable(reason)      the audit record could not be written
+        └── ModelUnavailable(name, version, reason)
+                                          registered, but failed verification or loading
 
 One handler (``explain_service.api.errors``) renders them as the JSON error
 shape ``{"code", "status", "message", "errors"}``; the review pages render the
@@ -98,12 +100,14 @@ class IntegrityError(RegistryError):
     def __init__(self, path: str, reason: str) -> None:
         super().__init__(f"Integrity check failed for {path}: {reason}")
         self.path = path
+        self.reason = reason
 
 
 class ArtifactRefused(RegistryError):
     def __init__(self, path: str, reason: str) -> None:
         super().__init__(f"Refused to load {path}: {reason}")
         self.path = path
+        self.reason = reason
 
 
 class RegistrationError(RegistryError):
@@ -118,6 +122,19 @@ class Unavailable(ServiceError):
 class AuditUnavailable(Unavailable):
     def __init__(self, reason: str) -> None:
         super().__init__(f"The audit record could not be written, so no answer is given: {reason}")
+
+
+class ModelUnavailable(Unavailable):
+    """A registered version that cannot be served; ``reason`` never holds a filesystem path."""
+
+    def __init__(self, name: str, version: str, reason: str) -> None:
+        super().__init__(
+            f"model_unavailable: model {name!r} version {version!r} cannot be served: {reason}",
+            {"model": [f"{name} version {version}: {reason}"]},
+        )
+        self.name = name
+        self.version = version
+        self.reason = reason
 
 
 def flatten_errors(errors: Any, prefix: str = "") -> dict[str, list[str]]:

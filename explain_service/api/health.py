@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from typing import Any
@@ -12,6 +13,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 
 from explain_service.api.blueprint import Blueprint
 from explain_service.jsonio import json_response
+
+log = logging.getLogger(__name__)
 
 blp = Blueprint("health", __name__, description="Liveness, readiness and metrics.")
 
@@ -34,20 +37,39 @@ class Healthz(MethodView):
 @blp.route("/readyz")
 class Readyz(MethodView):
     def get(self) -> Any:
-        """Every registered model loads and verifies; the audit store answers."""
+        """Every registered version verifies against its files; the audit store accepts writes."""
         services = current_app.extensions["explain"]
         problems: dict[str, list[str]] = {}
-        try:
-            loaded = services.registry.load_all()
-        except Exception as exc:  # a broken artifact makes the service not ready, not down
-            problems["models"] = [str(exc)]
-            loaded = []
-        recorder = services.service.recorder
-        if recorder is not None and hasattr(recorder, "ping") and not recorder.ping():
-            problems["audit"] = ["The audit store does not answer."]
+        broken = services.registry.check()
+        if broken:
+            problems["models"] = [b.describe() for b in broken]
+        audit = _audit_problems(services)
+        if audit:
+            problems["audit"] = audit
         if problems:
-            return json_response({"status": "not ready", "errors": problems}, 503)
-        return json_response({"status": "ready", "models": len(loaded)})
+            body: dict[str, Any] = {"status": "not ready", "errors": problems}
+            body["unavailable"] = [{"name": b.name, "version": b.version, "reason": b.reason} for b in broken]
+            return json_response(body, 503)
+        return json_response({"status": "ready", "models": len(services.registry.load_all())})
+
+
+def _audit_problems(services: Any) -> list[str]:
+    """Why the audit store cannot take records (details go to the log, not the answer)."""
+    recorder = services.service.recorder
+    if recorder is not None and hasattr(recorder, "ping") and not recorder.ping():
+        return ["The audit store does not answer."]
+    check_writable = getattr(services.audit, "check_writable", None)
+    if check_writable is None:
+        return []
+    try:
+        writable = check_writable()
+    except Exception:
+        log.exception("readiness: the audit store refused a write check")
+        return ["The audit store does not accept writes."]
+    if writable is False:
+        log.error("readiness: the audit store reports it cannot be written")
+        return ["The audit store does not accept writes."]
+    return []
 
 
 @blp.route("/metrics")

@@ -45,6 +45,7 @@ def describe(model: LoadedModel) -> dict[str, Any]:
     services = _services()
     out = model.describe()
     out["versions"] = services.registry.versions(model.name)
+    out["version_status"] = services.registry.status(model.name)
     out["methods"] = [
         m for m in services.service.method_names() if services.service.explainers[m].supports(model)
     ]
@@ -56,23 +57,25 @@ def describe(model: LoadedModel) -> dict[str, Any]:
 class ModelsView(MethodView):
     @blp.response(200, schemas.ModelList)
     def get(self) -> Any:
-        """List registered models with their versions."""
+        """List registered models with their versions; broken versions are marked, not hidden."""
         registry = _services().registry
         items = []
         for name in registry.names():
             versions = registry.versions(name)
             if not versions:
                 continue
-            m = registry.get(name)
-            items.append(
-                {
-                    "name": name,
-                    "versions": versions,
-                    "default_version": versions[-1],
-                    "task": m.task,
-                    "description": m.manifest.description,
-                }
-            )
+            status = registry.status(name)
+            healthy = [s["version"] for s in status if s["status"] == "available"]
+            item: dict[str, Any] = {
+                "name": name,
+                "versions": versions,
+                "default_version": healthy[-1] if healthy else None,
+                "version_status": status,
+            }
+            if healthy:
+                m = registry.get(name, healthy[-1])
+                item.update(task=m.task, description=m.manifest.description)
+            items.append(item)
         return json_response({"models": items})
 
 
@@ -80,8 +83,9 @@ class ModelsView(MethodView):
 class ModelView(MethodView):
     @blp.response(200, schemas.ModelDescription)
     @blp.alt_response(404, schema=schemas.ErrorResponse)
+    @blp.alt_response(503, schema=schemas.ErrorResponse)
     def get(self, name: str) -> Any:
-        """Describe a model's newest version: schema, classes, methods."""
+        """Describe a model's newest healthy version: schema, classes, methods."""
         return json_response(describe(_model(name, None)))
 
 
@@ -89,6 +93,7 @@ class ModelView(MethodView):
 class ModelVersionView(MethodView):
     @blp.response(200, schemas.ModelDescription)
     @blp.alt_response(404, schema=schemas.ErrorResponse)
+    @blp.alt_response(503, schema=schemas.ErrorResponse)
     def get(self, name: str, version: str) -> Any:
         """Describe one version of a model."""
         return json_response(describe(_model(name, version)))
@@ -118,8 +123,9 @@ class PredictView(MethodView):
     @blp.arguments(PREDICT_REQUEST)
     @blp.response(200, schemas.PredictResponse)
     @blp.alt_response(422, schema=schemas.ErrorResponse)
+    @blp.alt_response(503, schema=schemas.ErrorResponse)
     def post(self, body: dict[str, Any], name: str) -> Any:
-        """Predict with the newest version."""
+        """Predict with the newest healthy version."""
         return _predict(body, name, None)
 
 
@@ -128,6 +134,7 @@ class PredictVersionView(MethodView):
     @blp.arguments(PREDICT_REQUEST)
     @blp.response(200, schemas.PredictResponse)
     @blp.alt_response(422, schema=schemas.ErrorResponse)
+    @blp.alt_response(503, schema=schemas.ErrorResponse)
     def post(self, body: dict[str, Any], name: str, version: str) -> Any:
         """Predict with one version."""
         return _predict(body, name, version)
@@ -138,8 +145,9 @@ class ExplainView(MethodView):
     @blp.arguments(EXPLAIN_REQUEST)
     @blp.response(200, schemas.ExplainResponse)
     @blp.alt_response(422, schema=schemas.ErrorResponse)
+    @blp.alt_response(503, schema=schemas.ErrorResponse)
     def post(self, body: dict[str, Any], name: str) -> Any:
-        """Explain instances with the newest version."""
+        """Explain instances with the newest healthy version."""
         return _explain(body, name, None)
 
 
@@ -148,6 +156,7 @@ class ExplainVersionView(MethodView):
     @blp.arguments(EXPLAIN_REQUEST)
     @blp.response(200, schemas.ExplainResponse)
     @blp.alt_response(422, schema=schemas.ErrorResponse)
+    @blp.alt_response(503, schema=schemas.ErrorResponse)
     def post(self, body: dict[str, Any], name: str, version: str) -> Any:
         """Explain instances with one version."""
         return _explain(body, name, version)

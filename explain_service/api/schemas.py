@@ -89,10 +89,17 @@ class FeatureSchemaDoc(Schema):
     max = fields.Float()
 
 
+class VersionStatus(Schema):
+    version = fields.String()
+    status = fields.String(metadata={"enum": ["available", "unavailable"]})
+    reason = fields.String(metadata={"description": "Why an unavailable version cannot be served."})
+
+
 class ModelDescription(Schema):
     name = fields.String()
     version = fields.String()
     versions = fields.List(fields.String())
+    version_status = fields.List(fields.Nested(VersionStatus))
     sha256 = fields.String()
     task = fields.String()
     description = fields.String()

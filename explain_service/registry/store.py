@@ -1,4 +1,4 @@
-"""Registering models on disk and loading them back.
+"""Registering models on disk.
 
 Layout: ``<models_dir>/<name>/<version>/`` holds ``manifest.json``, the
 estimator artifact (``estimator.skops`` or ``estimator.ubj``), the optional
@@ -14,7 +14,6 @@ import io
 import os
 import shutil
 import tempfile
-import threading
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,19 +22,32 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from explain_service.errors import ArtifactRefused, IntegrityError, ModelNotFound, RegistrationError
+from explain_service.errors import ArtifactRefused, RegistrationError
 from explain_service.registry import artifacts
-from explain_service.registry.manifest import (
-    MANIFEST_NAME,
-    NAME_RE,
-    VERSION_RE,
-    ArtifactRef,
-    Manifest,
-    version_key,
+from explain_service.registry.loading import (
+    ModelRegistry,
+    list_names,
+    list_versions,
+    load_version_dir,
+    read_background,
+    read_manifest,
 )
+from explain_service.registry.manifest import MANIFEST_NAME, NAME_RE, VERSION_RE, ArtifactRef, Manifest
 from explain_service.registry.model import LoadedModel
-from explain_service.registry.schema import Constraint, FeatureSchema, infer_schema
+from explain_service.registry.schema import Constraint, infer_schema
 from explain_service.versions import library_versions
+
+# The load path lives in ``loading``; these names stay importable from here.
+__all__ = [
+    "ModelRegistry",
+    "list_names",
+    "list_versions",
+    "load_version_dir",
+    "next_version",
+    "read_background",
+    "read_manifest",
+    "register_model",
+]
 
 BACKGROUND_NAME = "background.csv"
 MAX_BACKGROUND_ROWS = 1000
@@ -112,34 +124,10 @@ def _serialize(obj: Any, stem: str) -> tuple[ArtifactRef, bytes]:
     return ArtifactRef(f"{stem}.skops", "skops", cls), data
 
 
-def _deserialize(ref: ArtifactRef, data: bytes, where: str) -> Any:
-    if ref.format == "skops":
-        return artifacts.load_skops(data, where=where)
-    if ref.format == "xgboost-ubj":
-        return artifacts.load_xgboost(data, ref.cls, where=where)
-    raise ArtifactRefused(
-        where, f"unknown artifact format {ref.format!r} (accepted: {', '.join(artifacts.FORMATS)})"
-    )
-
-
 def _background_csv(frame: pd.DataFrame) -> bytes:
     buf = io.StringIO()
     frame.to_csv(buf, index=False, lineterminator="\n")
     return buf.getvalue().encode()
-
-
-def read_background(data: bytes, schema: FeatureSchema) -> pd.DataFrame:
-    """Parse background CSV bytes with the dtypes of ``schema`` (categories stay strings)."""
-    dtypes = {f.name: (str if f.kind == "categorical" else None) for f in schema.features}
-    frame = pd.read_csv(
-        io.BytesIO(data),
-        dtype={k: v for k, v in dtypes.items() if v is not None},
-        keep_default_na=False,
-        na_values=[],
-    )
-    if list(frame.columns) != schema.names:
-        raise ValueError("background columns do not match the feature schema")
-    return schema.coerce(frame)
 
 
 def next_version(models_dir: Path, name: str) -> str:
@@ -281,112 +269,3 @@ def _check_round_trip(model: Any, loaded: LoadedModel, background: pd.DataFrame)
         raise RegistrationError(
             "the stored model does not reproduce the original's predictions on the background"
         )
-
-
-def list_names(models_dir: Path) -> list[str]:
-    """Registered model names."""
-    if not models_dir.is_dir():
-        return []
-    return sorted(p.name for p in models_dir.iterdir() if p.is_dir() and NAME_RE.match(p.name))
-
-
-def list_versions(models_dir: Path, name: str) -> list[str]:
-    """Versions of ``name`` in ascending order."""
-    base = models_dir / name
-    if not NAME_RE.match(name) or not base.is_dir():
-        return []
-    found = [p.name for p in base.iterdir() if (p / MANIFEST_NAME).is_file() and VERSION_RE.match(p.name)]
-    return sorted(found, key=version_key)
-
-
-def read_manifest(version_dir: Path) -> Manifest:
-    """Parse ``manifest.json`` of a version directory."""
-    try:
-        return Manifest.parse((version_dir / MANIFEST_NAME).read_bytes())
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise IntegrityError(str(version_dir / MANIFEST_NAME), f"unreadable manifest: {exc}") from None
-
-
-def load_version_dir(version_dir: Path) -> LoadedModel:
-    """Verify every file's hash, then deserialize the model of one version directory."""
-    for entry in version_dir.iterdir():
-        if entry.name.lower().endswith(artifacts.PICKLE_SUFFIXES):
-            raise ArtifactRefused(str(entry), "pickle-family files are never loaded; re-register the model")
-    manifest = read_manifest(version_dir)
-    expected = dict(manifest.files)
-    needed = [manifest.estimator.file, manifest.background_file]
-    if manifest.preprocessor is not None:
-        needed.append(manifest.preprocessor.file)
-    for fname in needed:
-        if fname not in expected or "/" in fname or fname.startswith("."):
-            raise IntegrityError(str(version_dir / fname), "not listed in the manifest's files table")
-    blobs = {f: artifacts.read_verified(version_dir / f, expected[f]) for f in needed}
-    estimator = _deserialize(
-        manifest.estimator, blobs[manifest.estimator.file], str(version_dir / manifest.estimator.file)
-    )
-    pre = None
-    if manifest.preprocessor is not None:
-        where = str(version_dir / manifest.preprocessor.file)
-        pre = _deserialize(manifest.preprocessor, blobs[manifest.preprocessor.file], where)
-    try:
-        background = read_background(blobs[manifest.background_file], manifest.schema)
-    except (ValueError, KeyError) as exc:
-        raise IntegrityError(str(version_dir / manifest.background_file), str(exc)) from None
-    return LoadedModel(manifest=manifest, background=background, estimator=estimator, preprocessor=pre)
-
-
-class ModelRegistry:
-    """The models under one directory, loaded on first use and kept in memory."""
-
-    def __init__(self, models_dir: str | os.PathLike[str], *, threads: int | None = None) -> None:
-        self.models_dir = Path(models_dir)
-        self.threads = threads
-        self._loaded: dict[tuple[str, str], LoadedModel] = {}
-        self._versions: dict[str, tuple[int, list[str]]] = {}
-        self._lock = threading.Lock()
-
-    def names(self) -> list[str]:
-        return list_names(self.models_dir)
-
-    def versions(self, name: str) -> list[str]:
-        """Versions of ``name``, re-listed only when its directory changed (a new version appeared)."""
-        if not NAME_RE.match(name):
-            return []
-        try:
-            stamp = (self.models_dir / name).stat().st_mtime_ns
-        except (OSError, ValueError):
-            return []
-        known = self._versions.get(name)
-        if known is not None and known[0] == stamp:
-            return known[1]
-        versions = list_versions(self.models_dir, name)
-        self._versions[name] = (stamp, versions)
-        return versions
-
-    def default_version(self, name: str) -> str:
-        versions = self.versions(name)
-        if not versions:
-            raise ModelNotFound(name)
-        return versions[-1]
-
-    def get(self, name: str, version: str | None = None) -> LoadedModel:
-        """The loaded model; the newest version when ``version`` is None."""
-        version = version if version is not None else self.default_version(name)
-        key = (name, version)
-        model = self._loaded.get(key)
-        if model is not None:
-            return model
-        if version not in self.versions(name):
-            raise ModelNotFound(name, version)
-        with self._lock:
-            model = self._loaded.get(key)
-            if model is None:
-                model = load_version_dir(self.models_dir / name / version)
-                if self.threads is not None:
-                    model.set_threads(self.threads)
-                self._loaded[key] = model
-        return model
-
-    def load_all(self) -> list[LoadedModel]:
-        """Load every registered version (used at start-up and by readiness)."""
-        return [self.get(n, v) for n in self.names() for v in self.versions(n)]
