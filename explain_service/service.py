@@ -23,7 +23,7 @@ from explain_service.explainers import EXPLAINERS, Explainer
 from explain_service.explainers.base import plain
 from explain_service.explainers.reasons import reasons
 from explain_service.explainers.shap import OptionNotSupported
-from explain_service.registry.model import LoadedModel
+from explain_service.registry.model import LoadedModel, Prepared, Rows
 
 METHOD_ORDER = ("shap", "lime", "counterfactual")
 
@@ -60,9 +60,9 @@ class ExplainService:
     explainers: dict[str, Explainer] = field(default_factory=lambda: dict(EXPLAINERS))
 
     # -- predictions --------------------------------------------------------------------------------
-    def predict(self, model: LoadedModel, rows: pd.DataFrame) -> Prediction:
+    def predict(self, model: LoadedModel, rows: Rows) -> Prediction:
         """The model's own predictions, in the contract's shape."""
-        X = model.transform(rows)
+        X = model.matrix_of(rows)
         if not model.is_classifier:
             values = model.value_matrix(X)
             return Prediction([{"value": float(v)} for v in values], None, values=values)
@@ -110,7 +110,7 @@ class ExplainService:
     def explain(
         self,
         model: LoadedModel,
-        rows: pd.DataFrame,
+        rows: Rows,
         methods: list[str],
         *,
         target: Any = None,
@@ -121,17 +121,21 @@ class ExplainService:
     ) -> dict[str, Any]:
         """Predict once, run every requested method, record, and answer.
 
-        ``instances`` are the validated records behind ``rows`` when the caller has them.
+        ``rows`` are typed rows, prepared by ``model`` once for the prediction and every method
+        (a plain frame is prepared here); ``instances`` are the validated records behind them
+        when the caller has them.
         """
         loaded = self.load_options(methods, options or {})
         target_index = self.resolve_target(model, target)
+        if not isinstance(rows, Prepared):
+            rows = model.prepare(rows)
         pred = self.predict(model, rows)
         targets = None
         if model.is_classifier:
             assert pred.classes is not None
             targets = np.full(len(rows), target_index) if target_index is not None else pred.classes
         if instances is None:
-            instances = rows_as_dicts(rows)
+            instances = rows_as_dicts(rows.frame)
         per_method: dict[str, list[dict[str, Any]]] = {}
         for method in methods:
             method_targets = targets

@@ -320,3 +320,30 @@ def test_predictions_follow_reordered_and_filtered_frames(
         model.proba_matrix(prepared.matrix), reference.predict_proba(X), rtol=0, atol=1e-12
     )
     assert not rows.attrs and not reversed_rows.attrs
+
+
+def test_shap_explains_the_frame_it_is_given_not_an_earlier_one(
+    base_dir: Path, fitted: dict[str, Any]
+) -> None:
+    from explain_service.explainers.shap import ShapExplainer, ShapOptions
+
+    model = ModelRegistry(base_dir).get("alpha", "1")
+    X, _ = _data(9, seed=5)
+    rows = frame_from_records(model.schema, X.to_dict("records"))
+    ones = np.ones(len(rows), dtype=int)
+    options = ShapOptions().load({})
+    explainer = ShapExplainer()
+    reference = fitted["alpha"]
+
+    first = explainer.attributions(model, model.prepare(rows), ones, options)
+    np.testing.assert_allclose(first.out, reference.decision_function(X), rtol=0, atol=1e-12)
+    for picked, frame in ((rows.iloc[::-1], X.iloc[::-1]), (rows.iloc[[4, 0, 7]], X.iloc[[4, 0, 7]])):
+        n = len(picked)
+        for given in (picked, model.prepare(picked)):
+            arrays = explainer.attributions(model, given, ones[:n], options)
+            np.testing.assert_allclose(arrays.out, reference.decision_function(frame), rtol=0, atol=1e-12)
+            assert np.abs(arrays.residuals()).max() < 1e-9
+
+    other = ModelRegistry(base_dir).get("beta", "1").prepare(rows)  # another model's matrix is not reused
+    arrays = explainer.attributions(model, other, ones, options)
+    np.testing.assert_allclose(arrays.out, reference.decision_function(X), rtol=0, atol=1e-12)

@@ -13,7 +13,8 @@ from explain_service.api.validation import validate_instances
 from explain_service.errors import ValidationFailed
 from explain_service.explainers.shap import supported_outputs
 from explain_service.jsonio import json_response
-from explain_service.registry.model import LoadedModel
+from explain_service.registry.model import LoadedModel, Prepared
+from explain_service.registry.schema import columns_from_records
 from explain_service.service import model_ref
 
 blp = Blueprint(
@@ -34,11 +35,13 @@ def _model(name: str, version: str | None) -> LoadedModel:
     return _services().registry.get(name, version)
 
 
-def _rows(model: LoadedModel, instances: list[Any]) -> Any:
+def _rows(model: LoadedModel, instances: list[Any]) -> tuple[Prepared, list[dict[str, Any]]]:
+    """Validated rows, prepared once for the prediction and every method, and their records."""
     limit = _services().settings.max_instances
     if len(instances) > limit:
         raise ValidationFailed({"instances": [f"At most {limit} instances per request."]})
-    return validate_instances(model, instances)
+    frame, records = validate_instances(model, instances)
+    return model.prepare(frame, columns_from_records(model.schema, records)), records
 
 
 def describe(model: LoadedModel) -> dict[str, Any]:

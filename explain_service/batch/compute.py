@@ -143,15 +143,13 @@ def explain_chunk(model: LoadedModel, chunk: RawChunk, plan: ChunkPlan) -> Chunk
 
 
 def typed_frame(columns: dict[str, np.ndarray]) -> pd.DataFrame:
-    """Typed rows that keep their column arrays (see ``frame_from_records``)."""
-    frame = pd.DataFrame(columns, copy=False)
-    frame.attrs["explain_service.columns"] = columns
-    return frame
+    """Typed rows from their column arrays (no copies)."""
+    return pd.DataFrame(columns, copy=False)
 
 
 def _explained_columns(model: LoadedModel, columns: dict[str, np.ndarray], plan: ChunkPlan) -> list[pa.Array]:
-    rows = typed_frame(columns)
-    X = model.transform(rows)
+    rows = model.prepare(typed_frame(columns), columns)
+    X = rows.matrix
     out, classes = prediction_columns(model, X)
     targets: np.ndarray | None = None
     if model.is_classifier:
@@ -192,9 +190,10 @@ def _audited_columns(
         hi = min(lo + step, len(numbers))
         recorder = CapturingRecorder(ids[lo:hi])
         service = ExplainService(recorder=recorder, explainers=dict(EXPLAINERS))
+        part = {n: c[lo:hi] for n, c in columns.items()}
         answer = service.explain(
             model,
-            typed_frame({n: c[lo:hi] for n, c in columns.items()}),
+            model.prepare(typed_frame(part), part),
             list(plan.methods),
             target=plan.target,
             options=plan.raw_options,

@@ -14,10 +14,9 @@ from typing import Any, Protocol
 
 import numpy as np
 import orjson
-import pandas as pd
 import pyarrow as pa
 
-from explain_service.registry.model import LoadedModel
+from explain_service.registry.model import LoadedModel, Rows, frame_of
 from explain_service.registry.schema import Feature
 
 KIND_TYPES: dict[str, pa.DataType] = {
@@ -81,7 +80,7 @@ class Layout(Protocol):
         self,
         model: LoadedModel,
         explainer: Any,
-        rows: pd.DataFrame,
+        rows: Rows,
         targets: np.ndarray | None,
         options: dict[str, Any],
     ) -> list[pa.Array]: ...
@@ -112,7 +111,7 @@ class ShapLayout:
         self,
         model: LoadedModel,
         explainer: Any,
-        rows: pd.DataFrame,
+        rows: Rows,
         targets: np.ndarray | None,
         options: dict[str, Any],
     ) -> list[pa.Array]:
@@ -143,7 +142,7 @@ class _AnswerLayout:
         self,
         model: LoadedModel,
         explainer: Any,
-        rows: pd.DataFrame,
+        rows: Rows,
         targets: np.ndarray | None,
         options: dict[str, Any],
     ) -> list[pa.Array]:
@@ -196,13 +195,16 @@ class CounterfactualLayout(JsonLayout):
         self,
         model: LoadedModel,
         explainer: Any,
-        rows: pd.DataFrame,
+        rows: Rows,
         targets: np.ndarray | None,
         options: dict[str, Any],
     ) -> list[pa.Array]:
         answers = [
             explainer.explain(
-                model, rows.iloc[i : i + 1], None if targets is None else targets[i : i + 1], options
+                model,
+                frame_of(rows).iloc[i : i + 1],
+                None if targets is None else targets[i : i + 1],
+                options,
             )[0]
             for i in range(len(rows))
         ]

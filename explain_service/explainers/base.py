@@ -19,6 +19,7 @@ import orjson
 import pandas as pd
 from marshmallow import Schema
 
+from explain_service.registry.model import Rows
 from explain_service.registry.schema import FeatureSchema
 
 
@@ -70,11 +71,15 @@ class Explainer(Protocol):
     def explain(
         self,
         model: Any,
-        rows: pd.DataFrame,
+        rows: Rows,
         targets: np.ndarray | None,
         options: dict[str, Any],
     ) -> list[dict[str, Any]]:
-        """Explain each row; ``targets`` holds a class index per row (None for regression)."""
+        """Explain each row; ``targets`` holds a class index per row (None for regression).
+
+        ``rows`` are typed rows, or :class:`~explain_service.registry.model.Prepared` rows that
+        carry the model's matrix for them (``frame_of`` gives the frame either way).
+        """
         ...
 
 

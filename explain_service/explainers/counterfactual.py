@@ -31,12 +31,12 @@ import time
 from typing import Any, ClassVar
 
 import numpy as np
-import pandas as pd
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from explain_service.explainers._cf_search import Found, Goal, Rule, Search, Space
 from explain_service.explainers._tabular import background_stats, resolve_seed, row_dicts
 from explain_service.explainers.base import ModelLike
+from explain_service.registry.model import Rows, frame_of
 from explain_service.registry.schema import Feature, FeatureSchema
 
 MAX_COUNT = 10
@@ -185,7 +185,7 @@ class CounterfactualExplainer:
     def explain(
         self,
         model: ModelLike,
-        rows: pd.DataFrame,
+        rows: Rows,
         targets: np.ndarray | None,
         options: dict[str, Any],
     ) -> list[dict[str, Any]]:
@@ -198,7 +198,7 @@ class CounterfactualExplainer:
             raise OptionError("desired_range", "applies to regression models only; use target")
         rules = resolve_rules(model.schema, options)
         stats = background_stats(model)
-        records = row_dicts(rows, model.schema.features)
+        records = row_dicts(frame_of(rows), model.schema.features)
         start = time.perf_counter()
         budget = int(options["time_budget_ms"]) / 1000.0
         results = []

@@ -36,7 +36,6 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
-import pandas as pd
 from marshmallow import Schema, ValidationError, fields, validate, validates
 from scipy.special import ndtri
 from scipy.stats import qmc
@@ -51,6 +50,7 @@ from explain_service.explainers._tabular import (
     row_dicts,
 )
 from explain_service.explainers.base import ModelLike
+from explain_service.registry.model import Rows, frame_of
 
 MAX_NUM_SAMPLES = 20_000
 TOP_K = 5
@@ -224,14 +224,15 @@ class LimeExplainer:
     def explain(
         self,
         model: ModelLike,
-        rows: pd.DataFrame,
+        rows: Rows,
         targets: np.ndarray | None,
         options: dict[str, Any],
     ) -> list[dict[str, Any]]:
         """Explain each row; classifiers explain ``targets[i]`` (the predicted class when None)."""
         features = model.schema.features
         stats = background_stats(model)
-        records = row_dicts(rows, features)
+        frame = frame_of(rows)
+        records = row_dicts(frame, features)
         n = int(options["num_samples"])
         repeats = max(int(options.get("stability") or 0), 1)
         seeds = [resolve_seed(model, record, self.name, options) for record in records]
@@ -257,7 +258,7 @@ class LimeExplainer:
             ]
             # One batched model call: every sample, then the rows themselves (for their predicted class).
             columns = {
-                f.name: np.concatenate([b[0][f.name] for b in blocks] + [rows[f.name].to_numpy()[lo:hi]])
+                f.name: np.concatenate([b[0][f.name] for b in blocks] + [frame[f.name].to_numpy()[lo:hi]])
                 for f in features
             }
             output = model_output(model, make_frame(features, columns))

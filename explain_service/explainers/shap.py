@@ -31,7 +31,7 @@ import pandas as pd
 from marshmallow import Schema, fields, validate
 
 from explain_service.explainers.base import derive_seed, plain
-from explain_service.registry.model import LoadedModel
+from explain_service.registry.model import LoadedModel, Rows, frame_of
 
 OUTPUTS = ("log_odds", "probability", "raw")
 AGNOSTIC_BACKGROUND = 16
@@ -112,7 +112,7 @@ class ShapExplainer:
     def attributions(
         self,
         model: LoadedModel,
-        rows: pd.DataFrame,
+        rows: Rows,
         targets: np.ndarray | None,
         options: dict[str, Any],
     ) -> ShapArrays:
@@ -129,9 +129,9 @@ class ShapExplainer:
         }
         per_row: list[dict[str, Any]] | None = None
         if path == "model_agnostic":
-            values, base, out, per_row = _agnostic(model, rows, targets, output, options)
+            values, base, out, per_row = _agnostic(model, frame_of(rows), targets, output, options)
         else:
-            X = model.transform(rows)
+            X = model.matrix_of(rows)
             if path == "xgboost_tree_path_dependent":
                 values, base, out = _xgboost_contribs(model, X, targets)
             elif path == "tree_interventional":
@@ -148,7 +148,7 @@ class ShapExplainer:
     def explain(
         self,
         model: LoadedModel,
-        rows: pd.DataFrame,
+        rows: Rows,
         targets: np.ndarray | None,
         options: dict[str, Any],
     ) -> list[dict[str, Any]]:

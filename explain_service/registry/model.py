@@ -3,7 +3,9 @@
 :class:`LoadedModel` splits the model into its preprocessing and its final
 estimator, knows which explanation path the estimator takes (``tree``,
 ``linear`` or ``agnostic``), maps transformed columns back to input features,
-and predicts on raw rows. It is built once per worker process and kept.
+and predicts on raw rows. It is built once per worker process and kept. A request's rows travel as
+:class:`Prepared` (the frame with its transformed matrix), never as state
+hidden on the frame.
 """
 
 from __future__ import annotations
@@ -59,6 +61,31 @@ def estimator_library(estimator: Any) -> str:
     if isinstance(estimator, xgb.XGBModel):
         return "xgboost"
     return "sklearn"
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One request's typed rows and the estimator's matrix for them, built by one model.
+
+    Passed explicitly from the caller to the prediction and every method, so the matrix
+    is computed once and can never be taken for another frame's: pandas copies
+    ``DataFrame.attrs`` onto derived frames, so nothing is remembered there.
+    """
+
+    frame: pd.DataFrame
+    matrix: np.ndarray
+    model_sha256: str
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+
+type Rows = pd.DataFrame | Prepared
+
+
+def frame_of(rows: Rows) -> pd.DataFrame:
+    """The typed frame of prepared or plain rows."""
+    return rows.frame if isinstance(rows, Prepared) else rows
 
 
 @dataclass
@@ -149,30 +176,32 @@ class LoadedModel:
 
     # -- transform ------------------------------------------------------------------------------
     def columns(self, rows: pd.DataFrame) -> dict[str, np.ndarray]:
-        """Column arrays of ``rows`` (those kept by ``frame_from_records`` when present)."""
-        kept = rows.attrs.get("explain_service.columns")
-        if kept is not None and len(rows) == len(next(iter(kept.values()), ())):
-            return kept  # type: ignore[no-any-return]
+        """Column arrays of ``rows`` in schema order."""
         return {n: rows[n].to_numpy() for n in self.schema.names}
 
-    def transform(self, rows: pd.DataFrame) -> np.ndarray:
-        """The estimator's input matrix for raw ``rows`` (dense float64).
+    def transform(self, rows: pd.DataFrame, columns: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        """The estimator's input matrix for raw ``rows`` (dense float64), computed afresh.
 
-        The matrix is remembered on ``rows.attrs`` so that the prediction and every
-        method of one request transform the rows once.
+        ``columns`` are ``rows``' column arrays when the caller already holds them (reading
+        them back from a frame costs more than the compiled preprocessing of one row).
         """
-        memo = rows.attrs.get("explain_service.transformed")
-        if memo is not None and memo[0] == self.sha256 and memo[1].shape[0] == len(rows):
-            return memo[1]
-        X = self._transform(rows)
-        rows.attrs["explain_service.transformed"] = (self.sha256, X)
-        return X
+        if self._compiled is not None:
+            return self._compiled(columns if columns is not None else self.columns(rows))
+        return self._transform(rows)
+
+    def prepare(self, rows: pd.DataFrame, columns: dict[str, np.ndarray] | None = None) -> Prepared:
+        """``rows`` with their matrix, transformed once for a request's prediction and methods."""
+        return Prepared(rows, self.transform(rows, columns), self.sha256)
+
+    def matrix_of(self, rows: Rows) -> np.ndarray:
+        """The matrix of prepared rows (when prepared by this model), else of a plain frame."""
+        if isinstance(rows, Prepared) and rows.model_sha256 == self.sha256:
+            return rows.matrix
+        return self.transform(frame_of(rows))
 
     def _transform(self, rows: pd.DataFrame) -> np.ndarray:
         if self.preprocessor is None:
             return rows[self.schema.names].to_numpy(dtype=np.float64)
-        if self._compiled is not None:
-            return self._compiled(self.columns(rows))
         out = self.preprocessor.transform(rows[self.schema.names])
         if hasattr(out, "toarray"):
             out = out.toarray()
@@ -228,11 +257,11 @@ class LoadedModel:
         return self.value_matrix(X)
 
     # -- predictions on raw rows ----------------------------------------------------------------
-    def predict_proba(self, rows: pd.DataFrame) -> np.ndarray:
-        return self.proba_matrix(self.transform(rows))
+    def predict_proba(self, rows: Rows) -> np.ndarray:
+        return self.proba_matrix(self.matrix_of(rows))
 
-    def predict_value(self, rows: pd.DataFrame) -> np.ndarray:
-        return self.value_matrix(self.transform(rows))
+    def predict_value(self, rows: Rows) -> np.ndarray:
+        return self.value_matrix(self.matrix_of(rows))
 
     def describe(self) -> dict[str, Any]:
         """Public description for ``GET /v1/models/{name}``."""
