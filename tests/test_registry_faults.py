@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 
 from explain_service.app import create_app
+from explain_service.errors import ModelNotFound, ModelUnavailable
 from explain_service.registry import ModelRegistry, register_model
 from explain_service.registry.schema import frame_from_records
 
@@ -268,6 +269,13 @@ def test_registry_reports_broken_versions_as_values(models: Path) -> None:
     assert "background.csv" in broken[("beta", "1")] and "pickle" in broken[("beta", "3")]
     assert not any(str(models) in reason for reason in broken.values())
     assert registry.default_version("beta") == "2"
+    with pytest.raises(ModelUnavailable, match=r"model_unavailable.*'beta'.*'3'.*pickle"):
+        registry.get("beta", "3")
+
+    shutil.rmtree(models / "beta" / "3")  # a version removed from disk is gone, not broken
+    assert [(b.name, b.version) for b in registry.unavailable()] == [("beta", "1")]
+    with pytest.raises(ModelNotFound):
+        registry.get("beta", "3")
 
 
 def test_readiness_reports_an_audit_store_that_refuses_writes(

@@ -236,6 +236,10 @@ class ModelRegistry:
             return model
         directory = self.models_dir / name / version
         with self._lock:
+            if version not in self.versions(name):
+                self._loaded.pop(key, None)
+                self._verdicts.forget(key)
+                raise ModelNotFound(name, version)
             problem = self._verdicts.recheck(key, full=full)
             if problem is not None:
                 log.error("model %s version %s changed on disk in %s: %s", name, version, directory, problem)
@@ -247,8 +251,6 @@ class ModelRegistry:
             broken = self._verdicts.broken(key, directory)
             if broken is not None:
                 return broken
-            if version not in self.versions(name):
-                raise ModelNotFound(name, version)
             return self._load(key, directory)
 
     def _load(self, key: tuple[str, str], directory: Path) -> LoadedModel | BrokenVersion:

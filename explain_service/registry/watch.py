@@ -113,7 +113,8 @@ class Verdicts:
         self.recheck_seconds = recheck_seconds
         self._files: dict[Key, VersionFiles] = {}
         self._checked: dict[Key, tuple[float, float]] = {}  # (last stat check, last full hash)
-        self._broken: dict[Key, tuple[BrokenVersion, tuple[tuple[str, int, int], ...]]] = {}
+        # why, the directory stamp it failed with, and when the directory was last looked at
+        self._broken: dict[Key, tuple[BrokenVersion, tuple[tuple[str, int, int], ...], float]] = {}
 
     def due(self, key: Key, *, full: bool) -> bool:
         last_stat, last_full = self._checked.get(key, (0.0, 0.0))
@@ -137,24 +138,37 @@ class Verdicts:
         return problem
 
     def broken(self, key: Key, directory: Path) -> BrokenVersion | None:
-        """Why ``key`` is broken; forgotten (None) once its directory's files changed."""
+        """Why ``key`` is broken; forgotten (None) once its directory's files changed.
+
+        The directory is looked at again at most every ``recheck_seconds``.
+        """
         entry = self._broken.get(key)
         if entry is None:
             return None
-        if directory_stamp(directory) != entry[1]:
+        broken, stamp, looked = entry
+        now = monotonic()
+        if now - looked < self.recheck_seconds:
+            return broken
+        if directory_stamp(directory) != stamp:
             del self._broken[key]
             return None
-        return entry[0]
+        self._broken[key] = (broken, stamp, now)
+        return broken
 
     def mark_broken(
         self, key: Key, directory: Path, reason: str, stamp: tuple[tuple[str, int, int], ...] | None = None
     ) -> BrokenVersion:
         """Record ``key`` as broken as of ``stamp`` (the directory now when not given)."""
+        self.forget(key)
+        broken = BrokenVersion(key[0], key[1], reason)
+        self._broken[key] = (broken, directory_stamp(directory) if stamp is None else stamp, monotonic())
+        return broken
+
+    def forget(self, key: Key) -> None:
+        """Drop everything known about ``key`` (its directory is gone)."""
         self._files.pop(key, None)
         self._checked.pop(key, None)
-        broken = BrokenVersion(key[0], key[1], reason)
-        self._broken[key] = (broken, directory_stamp(directory) if stamp is None else stamp)
-        return broken
+        self._broken.pop(key, None)
 
     def all_broken(self) -> list[BrokenVersion]:
         return [entry[0] for _, entry in sorted(self._broken.items())]
