@@ -7,10 +7,12 @@ from typing import Any
 
 from flask import Flask
 
+from explain_service.api.blueprint import configure_url_map
 from explain_service.audit.recorder import AuditRecorder
 from explain_service.audit.store import AuditStore
 from explain_service.config import Settings
 from explain_service.jsonio import OrjsonProvider
+from explain_service.logs import configure_app_logging
 from explain_service.plots.render import PlotCache
 from explain_service.registry.store import ModelRegistry
 from explain_service.service import ExplainService
@@ -35,7 +37,9 @@ class Services:
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """Build the Flask app; ``test_config`` overrides settings (lower-case Settings field names)."""
+    configure_app_logging()
     app = Flask(__name__)
+    configure_url_map(app)
     app.json = OrjsonProvider(app)
     overrides = dict(test_config or {})
     flask_overrides = {k: overrides.pop(k) for k in list(overrides) if k.isupper()}

@@ -7,6 +7,7 @@ factory functions: ``serve``, ``models list|verify|build-demo``, ``batch``,
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sys
@@ -16,6 +17,7 @@ import click
 
 from explain_service.batch.command import batch
 from explain_service.config import Settings
+from explain_service.logs import configure_app_logging
 
 
 def _settings(models_dir: str | None = None) -> Settings:
@@ -33,10 +35,17 @@ def main() -> None:
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--workers", default=2, show_default=True, type=int, help="gunicorn worker processes")
 @click.option("--timeout", default=60, show_default=True, type=int, help="worker timeout in seconds")
-@click.option("--access-log/--no-access-log", default=False, show_default=True)
+@click.option(
+    "--access-log/--no-access-log",
+    default=False,
+    show_default=True,
+    envvar="EXPLAIN_ACCESS_LOG",
+    help="one line per request on stdout",
+)
 def serve(host: str, port: int, workers: int, timeout: int, access_log: bool) -> None:
-    """Run the service under gunicorn."""
+    """Run the service under gunicorn (settings in explain_service/gunicorn_conf.py)."""
     settings = _settings()
+    os.environ["EXPLAIN_ACCESS_LOG"] = "1" if access_log else "0"
     for directory in (Path(settings.plots_dir), Path("var")):
         directory.mkdir(parents=True, exist_ok=True)
     metrics_dir = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", "var/prometheus"))
@@ -56,12 +65,11 @@ def serve(host: str, port: int, workers: int, timeout: int, access_log: bool) ->
         "20",
         "--config",
         "python:explain_service.gunicorn_conf",
+        "explain_service.app:create_app()",
     ]
-    if access_log:
-        args += ["--access-logfile", "-"]
-    args.append("explain_service.app:create_app()")
-    click.echo(
-        f"explain-service on http://{host}:{port} ({workers} workers, models in {settings.models_dir})"
+    configure_app_logging()
+    logging.getLogger("explain_service.cli").info(
+        "explain-service on http://%s:%d (%d workers, models in %s)", host, port, workers, settings.models_dir
     )
     os.execv(args[0], args)
 

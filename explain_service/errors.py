@@ -21,13 +21,15 @@ knows its HTTP status and builds its own message from structured arguments::
 
 One handler (``explain_service.api.errors``) renders them as the JSON error
 shape ``{"code", "status", "message", "errors"}``; the review pages render the
-same exceptions as HTML.
+same exceptions as HTML. A 4xx answer carries the message; a 5xx answer only its
+class's ``summary`` (the message may name files, hosts or databases: it goes to
+the log).
 """
 
 from __future__ import annotations
 
 from http import HTTPStatus
-from typing import Any
+from typing import Any, ClassVar
 
 # Reason phrases pinned here: Python 3.13 renamed 422 to "Unprocessable Content", and the
 # error shape is part of the external contract.
@@ -43,18 +45,24 @@ class ServiceError(Exception):
     """Root of all deliberate errors; ``status`` is the HTTP status to answer with."""
 
     status: int = 500
+    summary: ClassVar[str] = "Internal error."
 
     def __init__(self, message: str, errors: dict[str, list[str]] | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.errors = errors or {}
 
+    @property
+    def public_message(self) -> str:
+        """What an answer may say: the message of a 4xx, only the class's summary for a 5xx."""
+        return self.message if self.status < 500 else self.summary
+
     def to_dict(self) -> dict[str, object]:
         """The JSON error shape of the external contract."""
         out: dict[str, object] = {
             "code": self.status,
             "status": status_phrase(self.status),
-            "message": self.message,
+            "message": self.public_message,
         }
         if self.errors:
             out["errors"] = self.errors
@@ -94,9 +102,12 @@ class ExplanationNotFound(NotFound):
 
 class RegistryError(ServiceError):
     status = 500
+    summary = "The model could not be loaded."
 
 
 class IntegrityError(RegistryError):
+    summary = "The model's files do not match their recorded hashes."
+
     def __init__(self, path: str, reason: str) -> None:
         super().__init__(f"Integrity check failed for {path}: {reason}")
         self.path = path
@@ -104,6 +115,8 @@ class IntegrityError(RegistryError):
 
 
 class ArtifactRefused(RegistryError):
+    summary = "The model's artifact was refused."
+
     def __init__(self, path: str, reason: str) -> None:
         super().__init__(f"Refused to load {path}: {reason}")
         self.path = path
@@ -111,15 +124,20 @@ class ArtifactRefused(RegistryError):
 
 
 class RegistrationError(RegistryError):
+    summary = "The model could not be registered."
+
     def __init__(self, reason: str) -> None:
         super().__init__(f"Cannot register model: {reason}")
 
 
 class Unavailable(ServiceError):
     status = 503
+    summary = "The service cannot answer this request right now."
 
 
 class AuditUnavailable(Unavailable):
+    summary = "The audit record could not be written, so no answer is given."
+
     def __init__(self, reason: str) -> None:
         super().__init__(f"The audit record could not be written, so no answer is given: {reason}")
 

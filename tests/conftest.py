@@ -14,6 +14,7 @@ from sqlalchemy import create_engine, make_url
 from explain_service.app import create_app
 from explain_service.registry.demo import build_demo
 from explain_service.registry.store import ModelRegistry
+from tests._gunicorn import live_server  # noqa: F401  (a real `explain-service serve`, module scope)
 
 
 @pytest.fixture(scope="session")

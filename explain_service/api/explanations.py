@@ -127,8 +127,8 @@ class PlotView(MethodView):
         key, data, _ = _services().plots.get_or_render(
             plot, body["explanation"], body["instance"], body["model"]
         )
-        etag = f'"{key}"'
-        headers = {"ETag": etag, "Cache-Control": "public, max-age=31536000, immutable"}
-        if etag in request.headers.get("If-None-Match", ""):
+        headers = {"ETag": f'"{key}"', "Cache-Control": "public, max-age=31536000, immutable"}
+        # RFC 9110 13.1.2: weak comparison, and "*" matches any current representation.
+        if request.if_none_match.contains_weak(key):
             return Response(status=304, headers=headers)
         return Response(data, mimetype="image/png", headers=headers)

@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 
 blp = Blueprint("health", __name__, description="Liveness, readiness and metrics.")
 
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 REQUESTS = Counter("explain_requests_total", "HTTP requests", ["endpoint", "method", "status"])
 LATENCY = Histogram(
     "explain_request_seconds",
@@ -92,10 +93,21 @@ def _start_timer() -> None:
     g.started = time.perf_counter()
 
 
+def metric_labels(status: int) -> tuple[str, str, str]:
+    """``(endpoint, method, status)`` labels drawn from fixed sets, never from raw client input.
+
+    The endpoint is the matched rule's pattern (``/v1/models/<name>``) or ``unmatched``; a method
+    outside ``KNOWN_METHODS`` is ``other``; statuses are the ones the service itself answers with.
+    """
+    endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
+    method = request.method if request.method in KNOWN_METHODS else "other"
+    return endpoint, method, str(status)
+
+
 @blp.after_app_request
 def _observe(response: Response) -> Response:
-    endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
-    REQUESTS.labels(endpoint, request.method, str(response.status_code)).inc()
+    endpoint, method, status = metric_labels(response.status_code)
+    REQUESTS.labels(endpoint, method, status).inc()
     started = g.get("started")
     if started is not None:
         LATENCY.labels(endpoint).observe(time.perf_counter() - started)
