@@ -43,7 +43,8 @@ def gunicorn_logconfig(access_log: bool) -> dict[str, Any]:
         },
         "root": {"level": "INFO", "handlers": ["stderr"]},
         "loggers": {
-            "gunicorn.error": {"level": "INFO", "handlers": [], "propagate": True},
+            # No level here: gunicorn has set the one `--log-level` asks for.
+            "gunicorn.error": {"handlers": [], "propagate": True},
             # A log config turns gunicorn's access log on; its level keeps it quiet unless asked for.
             "gunicorn.access": {
                 "level": "INFO" if access_log else "WARNING",
