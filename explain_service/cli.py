@@ -19,6 +19,8 @@ from explain_service.batch.command import batch
 from explain_service.config import Settings
 from explain_service.logs import configure_app_logging
 
+log = logging.getLogger("explain_service.cli")  # not __name__: that is "__main__" under `python -m`
+
 
 def _settings(models_dir: str | None = None) -> Settings:
     return Settings.from_env(models_dir=models_dir)
@@ -44,6 +46,7 @@ def main() -> None:
 )
 def serve(host: str, port: int, workers: int, timeout: int, access_log: bool) -> None:
     """Run the service under gunicorn (settings in explain_service/gunicorn_conf.py)."""
+    configure_app_logging()
     settings = _settings()
     os.environ["EXPLAIN_ACCESS_LOG"] = "1" if access_log else "0"
     for directory in (Path(settings.plots_dir), Path("var")):
@@ -67,8 +70,7 @@ def serve(host: str, port: int, workers: int, timeout: int, access_log: bool) ->
         "python:explain_service.gunicorn_conf",
         "explain_service.app:create_app()",
     ]
-    configure_app_logging()
-    logging.getLogger("explain_service.cli").info(
+    log.info(
         "explain-service on http://%s:%d (%d workers, models in %s)", host, port, workers, settings.models_dir
     )
     os.execv(args[0], args)
@@ -80,7 +82,7 @@ def _prepare_audit_store(settings: Settings) -> None:
 
     with AuditStore(settings.database_url, durability=settings.audit_durability) as store:  # type: ignore[arg-type]
         if not store.ping():
-            click.echo("warning: the audit store does not answer yet; /readyz will say so", err=True)
+            log.warning("the audit store does not answer yet; /readyz will say so")
 
 
 @main.group()
