@@ -23,7 +23,7 @@ One handler (``explain_service.api.errors``) renders them as the JSON error
 shape ``{"code", "status", "message", "errors"}``; the review pages render the
 same exceptions as HTML. A 4xx answer carries the message; a 5xx answer only its
 class's ``summary`` (the message may name files, hosts or databases: it goes to
-the log).
+the log), unless the class builds its message from safe values (``detail_is_public``).
 """
 
 from __future__ import annotations
@@ -46,6 +46,8 @@ class ServiceError(Exception):
 
     status: int = 500
     summary: ClassVar[str] = "Internal error."
+    # A 5xx class whose message and errors are built only from safe, structured values may publish them.
+    detail_is_public: ClassVar[bool] = False
 
     def __init__(self, message: str, errors: dict[str, list[str]] | None = None) -> None:
         super().__init__(message)
@@ -55,7 +57,7 @@ class ServiceError(Exception):
     @property
     def public_message(self) -> str:
         """What an answer may say: the message of a 4xx, only the class's summary for a 5xx."""
-        return self.message if self.status < 500 else self.summary
+        return self.message if self.status < 500 or self.detail_is_public else self.summary
 
     def to_dict(self) -> dict[str, object]:
         """The JSON error shape of the external contract."""
@@ -144,6 +146,8 @@ class AuditUnavailable(Unavailable):
 
 class ModelUnavailable(Unavailable):
     """A registered version that cannot be served; ``reason`` never holds a filesystem path."""
+
+    detail_is_public = True
 
     def __init__(self, name: str, version: str, reason: str) -> None:
         super().__init__(

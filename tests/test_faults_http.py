@@ -314,3 +314,18 @@ def test_an_unreachable_audit_database_is_a_503_without_its_address(fragile_serv
         time.sleep(0.1)
     logged = [line for line in fragile_server.logs().splitlines() if "db-9" in line]
     assert logged and ISO_LINE.match(logged[0]), logged
+
+
+def test_a_model_unavailable_answer_keeps_its_path_free_detail(
+    app, client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from explain_service.errors import ModelUnavailable
+
+    def unavailable(*_args, **_kwargs):
+        raise ModelUnavailable("german-credit", "1", "a file does not match its recorded hash")
+
+    monkeypatch.setattr(app.extensions["explain"].registry, "get", unavailable)
+    r = client.get("/v1/models/german-credit", headers={"X-Request-ID": "mu-1"})
+    body = r.get_json()
+    assert r.status_code == 503 and "'german-credit'" in body["message"] and "mu-1" in body["message"]
+    assert body["errors"] == {"model": ["german-credit version 1: a file does not match its recorded hash"]}

@@ -78,7 +78,10 @@ def init_app(app: Flask) -> None:
         if exc.status < 500:
             return json_response(exc.to_dict(), exc.status)
         log.error("%s [request %s]: %s", type(exc).__name__, request_id(), exc.message)
-        return json_response(server_error_body(exc.status, exc.public_message), exc.status)
+        body = server_error_body(exc.status, exc.public_message)
+        if exc.detail_is_public and exc.errors:
+            body["errors"] = exc.errors
+        return json_response(body, exc.status)
 
     @app.errorhandler(AuditError)
     def _audit_error(exc: AuditError) -> Response:
