@@ -10,7 +10,6 @@ Flask.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -21,6 +20,7 @@ from marshmallow import ValidationError
 from explain_service.errors import ValidationFailed, flatten_errors
 from explain_service.explainers import EXPLAINERS, Explainer
 from explain_service.explainers.base import plain
+from explain_service.explainers.counterfactual import counterfactual_goals
 from explain_service.explainers.reasons import reasons
 from explain_service.explainers.shap import OptionNotSupported
 from explain_service.registry.model import LoadedModel, Prepared, Rows
@@ -139,8 +139,8 @@ class ExplainService:
         per_method: dict[str, list[dict[str, Any]]] = {}
         for method in methods:
             method_targets = targets
-            if method == "counterfactual":
-                method_targets = counterfactual_goals(model, len(rows), target_index, lambda: pred.proba)
+            if method == "counterfactual" and pred.proba is not None:
+                method_targets = counterfactual_goals(model, pred.proba, target_index)
             try:
                 per_method[method] = self.explainers[method].explain(
                     model, rows, method_targets, loaded[method]
@@ -194,22 +194,6 @@ def _options_schema(explainer: Explainer) -> Any:
     if schema is None:
         schema = _OPTION_SCHEMAS[cls] = cls()
     return schema
-
-
-def counterfactual_goals(
-    model: LoadedModel, n: int, target_index: int | None, proba: Callable[[], np.ndarray | None]
-) -> np.ndarray | None:
-    """The class each counterfactual should reach: the requested target, else the favourable class,
-    else each row's runner-up class (``proba`` is only called in that last case)."""
-    if not model.is_classifier:
-        return None
-    if target_index is not None:
-        return np.full(n, target_index)
-    if model.favorable is not None:
-        return np.full(n, model.class_names.index(model.favorable))
-    probabilities = proba()
-    assert probabilities is not None
-    return np.argsort(-probabilities, axis=1)[:, 1].copy()
 
 
 def plot_urls(record_id: str, explanation: dict[str, Any]) -> dict[str, str]:

@@ -1,10 +1,10 @@
 """Diverse, valid, constraint-respecting counterfactuals.
 
-For a classifier the goal is a target class: ``targets[i]`` when the service
-passes one (the requested target or the manifest's favourable class);
-otherwise the favourable class, or, when the row already has it or there is
-none, the most probable other class. For a regressor the goal is
-``options.desired_range`` (required).
+For a classifier the goal is a target class, chosen by one rule
+(:func:`counterfactual_goals`, which the service and the batch job call to
+fill ``targets``): the requested target; else the manifest's favourable
+class, unless the row is already predicted as it; else the most probable other
+class. For a regressor the goal is ``options.desired_range`` (required).
 
 Constraints come from the manifest (``model.schema.constraint(name)``) and
 are overridden key by key, per feature, by ``options.constraints``;
@@ -172,6 +172,31 @@ def _check_fit(feature: Feature, ask: dict[str, Any]) -> None:
         raise OptionError(f"constraints.{feature.name}.range", "only numeric features take a range")
 
 
+def counterfactual_goals(model: ModelLike, proba: np.ndarray, target: int | None = None) -> np.ndarray | None:
+    """The class index each row's counterfactuals aim at; None for a regressor.
+
+    The requested ``target``; else the favourable class, unless the row is already
+    predicted as it; else the row's most probable other class (ties go to the first
+    class). ``proba`` holds the rows' class probabilities, shape (n, n_classes).
+    """
+    if model.task != "classification":
+        return None
+    if target is not None:
+        return np.full(len(proba), target)
+    ranked = np.argsort(-proba, axis=1, kind="stable")
+    predicted, runner_up = ranked[:, 0], ranked[:, 1]
+    if model.favorable is None:
+        return runner_up.copy()
+    favorable = model.class_names.index(model.favorable)
+    return np.where(predicted == favorable, runner_up, favorable)
+
+
+def _own_goal(model: ModelLike, own: np.ndarray) -> int:
+    goals = counterfactual_goals(model, own[None, :])
+    assert goals is not None
+    return int(goals[0])
+
+
 class CounterfactualExplainer:
     """Counterfactuals for classifiers (reach a class) and regressors (reach a range)."""
 
@@ -213,7 +238,7 @@ class CounterfactualExplainer:
             if desired is not None:
                 goal = Goal(None, float(desired[0]), float(desired[1]))
             else:
-                goal = Goal(self._target(model, own, targets, i))
+                goal = Goal(int(targets[i]) if targets is not None else _own_goal(model, own))
             count = int(options["count"])
             if goal.valid(own[None, :])[0]:
                 found = Found(
@@ -223,18 +248,6 @@ class CounterfactualExplainer:
                 found = search.run(goal, count)
             results.append(self._result(model, space, goal, found, count, seed, desired))
         return results
-
-    @staticmethod
-    def _target(model: ModelLike, own: np.ndarray, targets: np.ndarray | None, i: int) -> int:
-        if targets is not None:
-            return int(targets[i])
-        current = int(np.argmax(own))
-        if model.favorable is not None and model.favorable in model.class_names:
-            favorable = model.class_names.index(model.favorable)
-            if favorable != current:
-                return favorable
-        ranked = [int(k) for k in np.argsort(-own, kind="stable") if k != current]
-        return ranked[0]
 
     @staticmethod
     def _already(model: ModelLike, goal: Goal) -> str:
