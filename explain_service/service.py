@@ -22,7 +22,6 @@ from explain_service.explainers import EXPLAINERS, Explainer
 from explain_service.explainers.base import plain
 from explain_service.explainers.counterfactual import counterfactual_goals
 from explain_service.explainers.reasons import reasons
-from explain_service.explainers.shap import OptionNotSupported
 from explain_service.registry.model import LoadedModel, Prepared, Rows
 
 METHOD_ORDER = ("shap", "lime", "counterfactual")
@@ -141,17 +140,7 @@ class ExplainService:
             method_targets = targets
             if method == "counterfactual" and pred.proba is not None:
                 method_targets = counterfactual_goals(model, pred.proba, target_index)
-            try:
-                per_method[method] = self.explainers[method].explain(
-                    model, rows, method_targets, loaded[method]
-                )
-            except OptionNotSupported as exc:
-                raise ValidationFailed({exc.field: [str(exc)]}) from None
-            except ValueError as exc:
-                fld = getattr(exc, "field", None)
-                if fld is None:
-                    raise
-                raise ValidationFailed({str(fld): [str(exc)]}) from None
+            per_method[method] = self.explainers[method].explain(model, rows, method_targets, loaded[method])
         explanations = []
         for i, instance in enumerate(instances):
             item: dict[str, Any] = {"prediction": pred.answers[i]}

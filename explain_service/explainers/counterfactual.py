@@ -18,11 +18,9 @@ The search (see ``_cf_search``) is deterministic given the seed. The time
 budget is a safety net: when it cuts a search short the answer says so in its
 ``message``, and only then may a repeat differ.
 
-Exceptions::
-
-    ValueError
-     └── OptionError   an option only the model can judge (HTTP 422), e.g. a
-                       regression request without ``desired_range``
+Options that only the model can judge (a regression request without
+``desired_range``, a constraint on a feature the model does not have) raise
+:class:`~explain_service.errors.OptionError`.
 """
 
 from __future__ import annotations
@@ -33,6 +31,7 @@ from typing import Any, ClassVar
 import numpy as np
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
+from explain_service.errors import OptionError
 from explain_service.explainers._cf_search import Found, Goal, Rule, Search, Space
 from explain_service.explainers._tabular import background_stats, resolve_seed, row_dicts
 from explain_service.explainers.base import ModelLike
@@ -41,27 +40,6 @@ from explain_service.registry.schema import Feature, FeatureSchema
 
 MAX_COUNT = 10
 MAX_TIME_BUDGET_MS = 5_000
-
-
-class OptionError(ValueError):
-    """An option that is well-formed but does not fit this model (HTTP 422).
-
-    ``field`` is the dotted path of the offending option, e.g.
-    ``options.counterfactual.desired_range``.
-    """
-
-    status: ClassVar[int] = 422
-
-    def __init__(self, option: str, message: str) -> None:
-        self.option = option
-        self.field = f"options.counterfactual.{option}"
-        self.message = message
-        super().__init__(message)
-
-    @property
-    def messages(self) -> dict[str, list[str]]:
-        """The error in marshmallow's ``{field: [messages]}`` shape."""
-        return {self.field: [self.message]}
 
 
 def _check_pair(value: list[float] | None, name: str) -> None:
@@ -141,10 +119,10 @@ def resolve_rules(schema: FeatureSchema, options: dict[str, Any]) -> list[Rule]:
     names = set(schema.names)
     for name in requested:
         if name not in names:
-            raise OptionError("constraints", f"unknown feature {name!r}")
+            raise OptionError("counterfactual", "constraints", f"unknown feature {name!r}")
     for name in options.get("immutable") or []:
         if name not in names:
-            raise OptionError("immutable", f"unknown feature {name!r}")
+            raise OptionError("counterfactual", "immutable", f"unknown feature {name!r}")
         requested.setdefault(name, {})["mutable"] = False
     rules = []
     for feature in schema.features:
@@ -167,9 +145,15 @@ def resolve_rules(schema: FeatureSchema, options: dict[str, Any]) -> list[Rule]:
 
 def _check_fit(feature: Feature, ask: dict[str, Any]) -> None:
     if ask.get("direction") is not None and feature.kind == "categorical":
-        raise OptionError(f"constraints.{feature.name}.direction", "categorical features have no direction")
+        raise OptionError(
+            "counterfactual",
+            f"constraints.{feature.name}.direction",
+            "categorical features have no direction",
+        )
     if ask.get("range") is not None and not feature.is_numeric:
-        raise OptionError(f"constraints.{feature.name}.range", "only numeric features take a range")
+        raise OptionError(
+            "counterfactual", f"constraints.{feature.name}.range", "only numeric features take a range"
+        )
 
 
 def counterfactual_goals(model: ModelLike, proba: np.ndarray, target: int | None = None) -> np.ndarray | None:
@@ -218,9 +202,13 @@ class CounterfactualExplainer:
         regression = model.task == "regression"
         desired = options.get("desired_range")
         if regression and desired is None:
-            raise OptionError("desired_range", "required for regression models, as [low, high]")
+            raise OptionError(
+                "counterfactual", "desired_range", "required for regression models, as [low, high]"
+            )
         if not regression and desired is not None:
-            raise OptionError("desired_range", "applies to regression models only; use target")
+            raise OptionError(
+                "counterfactual", "desired_range", "applies to regression models only; use target"
+            )
         rules = resolve_rules(model.schema, options)
         stats = background_stats(model)
         records = row_dicts(frame_of(rows), model.schema.features)

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 from marshmallow import Schema, fields, validate
 
+from explain_service.errors import OptionError
 from explain_service.explainers.base import derive_seed, plain
 from explain_service.registry.model import LoadedModel, Rows, frame_of
 
@@ -57,14 +58,6 @@ class ShapOptions(Schema):
         validate=validate.Range(min=0, max=2**31 - 1),
         metadata={"description": "Model-agnostic path: seed of the permutation sampler."},
     )
-
-
-class OptionNotSupported(ValueError):
-    """A valid option value that this model cannot honour; carries the field path."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
 
 
 def native_output(model: LoadedModel) -> str:
@@ -119,8 +112,9 @@ class ShapExplainer:
         """SHAP values as arrays (one row per input row, one column per input feature)."""
         output = options.get("output") or native_output(model)
         if output not in supported_outputs(model):
-            raise OptionNotSupported(
-                "options.shap.output",
+            raise OptionError(
+                self.name,
+                "output",
                 f"output {output!r} is not available for this model; use one of {', '.join(supported_outputs(model))}",
             )
         path = choose_path(model, output)
