@@ -74,3 +74,24 @@ def test_batch_job_reports_a_bad_option_as_a_cli_error(
     assert result.exit_code == 2, result.output
     assert f"{field}: " in result.output and "Traceback" not in result.output
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("method", "option", "given"),
+    [
+        ("shap", "max_evals", "5000"),
+        ("shap", "seed", "7"),
+        ("lime", "num_samples", "500"),
+        ("lime", "seed", 7.0),
+        ("counterfactual", "count", "2"),
+        ("counterfactual", "seed", True),
+    ],
+    ids=["shap-max-evals", "shap-seed", "lime-samples", "lime-seed", "cf-count", "cf-seed"],
+)
+def test_integer_options_take_only_json_integers(client, method: str, option: str, given: object) -> None:
+    body = {"instances": [GERMAN_ROW], "methods": [method], "options": {method: {option: given}}}
+    r = client.post(
+        "/v1/models/german-credit:explain", data=orjson.dumps(body), content_type="application/json"
+    )
+    assert r.status_code == 422, r.get_json()
+    assert list(r.get_json()["errors"]) == [f"options.{method}.{option}"]

@@ -33,8 +33,8 @@ from marshmallow import Schema, ValidationError, fields, validate, validates_sch
 
 from explain_service.errors import OptionError
 from explain_service.explainers._cf_search import Found, Goal, Rule, Search, Space
-from explain_service.explainers._tabular import background_stats, resolve_seed, row_dicts
-from explain_service.explainers.base import ModelLike
+from explain_service.explainers._tabular import background_stats, resolve_seed, row_dicts, samples_background
+from explain_service.explainers.base import ModelLike, seed_option
 from explain_service.registry.model import Rows, frame_of
 from explain_service.registry.schema import Feature, FeatureSchema
 
@@ -101,12 +101,7 @@ class CounterfactualOptions(Schema):
             min=10, max=MAX_TIME_BUDGET_MS, error="time_budget_ms must be between {min} and {max}."
         ),
     )
-    seed = fields.Integer(
-        strict=True,
-        allow_none=True,
-        load_default=None,
-        validate=validate.Range(min=0, max=2**31 - 1, error="seed must be between {min} and {max}."),
-    )
+    seed = seed_option()
 
     @validates_schema
     def _range_is_ordered(self, data: dict[str, Any], **_: Any) -> None:
@@ -188,8 +183,7 @@ class CounterfactualExplainer:
     options_schema: ClassVar[type[Schema]] = CounterfactualOptions
 
     def supports(self, model: ModelLike) -> bool:
-        """Any classifier or regressor with a non-empty background sample."""
-        return model.task in ("classification", "regression") and len(model.background) > 0
+        return samples_background(model)
 
     def explain(
         self,

@@ -31,7 +31,7 @@ import pandas as pd
 from marshmallow import Schema, fields, validate
 
 from explain_service.errors import OptionError
-from explain_service.explainers.base import derive_seed, plain
+from explain_service.explainers.base import derive_seed, plain, seed_option
 from explain_service.registry.model import LoadedModel, Rows, frame_of
 
 OUTPUTS = ("log_odds", "probability", "raw")
@@ -48,16 +48,12 @@ class ShapOptions(Schema):
         metadata={"description": "Output space; defaults to the model's native one."},
     )
     max_evals = fields.Integer(
+        strict=True,
         load_default=20_000,
         validate=validate.Range(min=500, max=200_000),
         metadata={"description": "Model-agnostic path: budget of model evaluations per row."},
     )
-    seed = fields.Integer(
-        load_default=None,
-        allow_none=True,
-        validate=validate.Range(min=0, max=2**31 - 1),
-        metadata={"description": "Model-agnostic path: seed of the permutation sampler."},
-    )
+    seed = seed_option("Model-agnostic path: seed of the permutation sampler.")
 
 
 def native_output(model: LoadedModel) -> str:
