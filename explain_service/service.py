@@ -106,6 +106,30 @@ class ExplainService:
         return model.class_names.index(target)
 
     # -- explanations ---------------------------------------------------------------------------
+    def run_methods(
+        self,
+        model: LoadedModel,
+        rows: Prepared,
+        pred: Prediction,
+        target_index: int | None,
+        options: dict[str, dict[str, Any]],
+    ) -> dict[str, list[dict[str, Any]]]:
+        """Each method's per-row results, for the loaded ``options`` of every method to run.
+
+        Attributions explain ``target_index`` (else each row's predicted class); counterfactuals
+        aim where :func:`counterfactual_goals` says.
+        """
+        targets = None
+        if pred.classes is not None:
+            targets = np.full(len(rows), target_index) if target_index is not None else pred.classes
+        per_method: dict[str, list[dict[str, Any]]] = {}
+        for method, method_options in options.items():
+            method_targets = targets
+            if method == "counterfactual" and pred.proba is not None:
+                method_targets = counterfactual_goals(model, pred.proba, target_index)
+            per_method[method] = self.explainers[method].explain(model, rows, method_targets, method_options)
+        return per_method
+
     def explain(
         self,
         model: LoadedModel,
@@ -129,35 +153,17 @@ class ExplainService:
         if not isinstance(rows, Prepared):
             rows = model.prepare(rows)
         pred = self.predict(model, rows)
-        targets = None
-        if model.is_classifier:
-            assert pred.classes is not None
-            targets = np.full(len(rows), target_index) if target_index is not None else pred.classes
+        per_method = self.run_methods(model, rows, pred, target_index, loaded)
         if instances is None:
             instances = rows_as_dicts(rows.frame)
-        per_method: dict[str, list[dict[str, Any]]] = {}
-        for method in methods:
-            method_targets = targets
-            if method == "counterfactual" and pred.proba is not None:
-                method_targets = counterfactual_goals(model, pred.proba, target_index)
-            per_method[method] = self.explainers[method].explain(model, rows, method_targets, loaded[method])
         explanations = []
         for i, instance in enumerate(instances):
             item: dict[str, Any] = {"prediction": pred.answers[i]}
             for method in methods:
                 item[method] = per_method[method][i]
-            source = item.get("shap") or item.get("lime")
-            if source is not None:
-                # LIME's weights are slopes; its contributions are the per-feature attributions.
-                attributions = source.get("values") or source.get("contributions") or {}
-                item["reasons"] = reasons(
-                    attributions,
-                    instance,
-                    model.schema.features,
-                    target=source.get("target"),
-                    favorable=model.favorable,
-                    class_names=model.class_names,
-                )
+            found = item_reasons(model, item, instance)
+            if found is not None:
+                item["reasons"] = found
             explanations.append(item)
         request = {"methods": methods, "target": target, "options": options or {}}
         entries = [
@@ -172,6 +178,26 @@ class ExplainService:
         for record_id, exp in zip(ids, explanations, strict=True):
             answer_items.append({"id": record_id, **exp, "plots": plot_urls(record_id, exp)})
         return {"model": model_ref(model), "explanations": answer_items}
+
+
+def item_reasons(
+    model: LoadedModel, item: dict[str, Any], instance: dict[str, Any]
+) -> list[dict[str, Any]] | None:
+    """Plain-language reasons from an explanation's SHAP values, else its LIME contributions (None
+    when it has neither)."""
+    source = item.get("shap") or item.get("lime")
+    if source is None:
+        return None
+    # LIME's weights are slopes; its contributions are the per-feature attributions.
+    attributions = source.get("values") or source.get("contributions") or {}
+    return reasons(
+        attributions,
+        instance,
+        model.schema.features,
+        target=source.get("target"),
+        favorable=model.favorable,
+        class_names=model.class_names,
+    )
 
 
 _OPTION_SCHEMAS: dict[type, Any] = {}
