@@ -365,6 +365,7 @@ def committed(parts: Path) -> int:
         return -1
 
 
+@pytest.mark.slow
 def test_killed_at_random_moments_and_resumed_equals_an_uninterrupted_run(
     batch_models: Path, tmp_path: Path
 ) -> None:
@@ -444,6 +445,7 @@ def test_resume_refuses_changed_parameters_or_input(batch_models: Path, tmp_path
     ],
     ids=["local-processes", "dask-local-cluster"],
 )
+@pytest.mark.slow
 def test_worker_processes_give_the_in_process_file(
     batch_models: Path, tmp_path: Path, engine: tuple[str, ...], described: str
 ) -> None:
