@@ -14,7 +14,7 @@ PORT ?= 8000
 WORKERS ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: serve test lint bench models venv check-python clean
+.PHONY: serve test test-fast lint bench models venv check-python clean
 
 check-python:
 	@if [ -z "$(PYTHON)" ]; then \
@@ -46,6 +46,10 @@ lint: venv
 
 test: venv lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Everything but the tests marked slow (subprocesses, worker pools, the notebook); make test runs them all.
+test-fast: venv
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 bench: models
 	$(BIN)/python bench/run_all.py

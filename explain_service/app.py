@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from flask import Flask
@@ -16,8 +15,6 @@ from explain_service.logs import configure_app_logging
 from explain_service.plots.render import PlotCache
 from explain_service.registry.store import ModelRegistry
 from explain_service.service import ExplainService
-
-log = logging.getLogger(__name__)
 
 
 class Services:

@@ -15,7 +15,6 @@ class Settings:
     database_url: str = "sqlite:///var/audit.sqlite3"
     audit_durability: str = "full"
     plots_dir: str = "var/plots"
-    api_keys_file: str | None = None
     ratelimit_storage_uri: str = "memory://"
     ratelimit_default: str = ""
     max_instances: int = 100

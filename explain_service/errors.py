@@ -6,10 +6,12 @@ knows its HTTP status and builds its own message from structured arguments::
     ServiceError
     ├── BadRequest (400)
     ├── ValidationFailed (422)            errors: {field: [messages]}
+    │   └── OptionError(method, option, message)
+    │                                     an option this model cannot honour, named
+    │                                     ``options.<method>.<option>``; raised by explainers
     ├── NotFound (404)
     │   ├── ModelNotFound(name, version)
-    │   ├── ExplanationNotFound(id)
-    │   └── PlotNotFound(id, plot)
+    │   └── ExplanationNotFound(id)
     ├── RegistryError (500 when met while serving; a CLI error otherwise)
     │   ├── IntegrityError(path, reason)  a file does not match its manifest hash
     │   ├── ArtifactRefused(path, reason) pickle, unknown format or untrusted type
@@ -83,6 +85,21 @@ class ValidationFailed(ServiceError):
     def __init__(self, errors: dict[str, list[str]], message: str | None = None) -> None:
         fields = ", ".join(sorted(errors)[:5])
         super().__init__(message or f"Invalid request: {fields}", errors)
+
+
+class OptionError(ValidationFailed):
+    """A well-formed option that the method cannot honour for this model.
+
+    Explainers raise it for what only the model can judge (an output space the model
+    has no exact path for, a feature the model does not have, ...); the schema of the
+    method's options has already refused what is wrong for every model.
+    """
+
+    def __init__(self, method: str, option: str, message: str) -> None:
+        self.method = method
+        self.option = option
+        self.field = f"options.{method}.{option}"
+        super().__init__({self.field: [message]}, f"{self.field}: {message}")
 
 
 class NotFound(ServiceError):

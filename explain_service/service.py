@@ -10,7 +10,6 @@ Flask.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -21,8 +20,8 @@ from marshmallow import ValidationError
 from explain_service.errors import ValidationFailed, flatten_errors
 from explain_service.explainers import EXPLAINERS, Explainer
 from explain_service.explainers.base import plain
+from explain_service.explainers.counterfactual import counterfactual_goals
 from explain_service.explainers.reasons import reasons
-from explain_service.explainers.shap import OptionNotSupported
 from explain_service.registry.model import LoadedModel, Prepared, Rows
 
 METHOD_ORDER = ("shap", "lime", "counterfactual")
@@ -107,6 +106,30 @@ class ExplainService:
         return model.class_names.index(target)
 
     # -- explanations ---------------------------------------------------------------------------
+    def run_methods(
+        self,
+        model: LoadedModel,
+        rows: Prepared,
+        pred: Prediction,
+        target_index: int | None,
+        options: dict[str, dict[str, Any]],
+    ) -> dict[str, list[dict[str, Any]]]:
+        """Each method's per-row results, for the loaded ``options`` of every method to run.
+
+        Attributions explain ``target_index`` (else each row's predicted class); counterfactuals
+        aim where :func:`counterfactual_goals` says.
+        """
+        targets = None
+        if pred.classes is not None:
+            targets = np.full(len(rows), target_index) if target_index is not None else pred.classes
+        per_method: dict[str, list[dict[str, Any]]] = {}
+        for method, method_options in options.items():
+            method_targets = targets
+            if method == "counterfactual" and pred.proba is not None:
+                method_targets = counterfactual_goals(model, pred.proba, target_index)
+            per_method[method] = self.explainers[method].explain(model, rows, method_targets, method_options)
+        return per_method
+
     def explain(
         self,
         model: LoadedModel,
@@ -130,45 +153,17 @@ class ExplainService:
         if not isinstance(rows, Prepared):
             rows = model.prepare(rows)
         pred = self.predict(model, rows)
-        targets = None
-        if model.is_classifier:
-            assert pred.classes is not None
-            targets = np.full(len(rows), target_index) if target_index is not None else pred.classes
+        per_method = self.run_methods(model, rows, pred, target_index, loaded)
         if instances is None:
             instances = rows_as_dicts(rows.frame)
-        per_method: dict[str, list[dict[str, Any]]] = {}
-        for method in methods:
-            method_targets = targets
-            if method == "counterfactual":
-                method_targets = counterfactual_goals(model, len(rows), target_index, lambda: pred.proba)
-            try:
-                per_method[method] = self.explainers[method].explain(
-                    model, rows, method_targets, loaded[method]
-                )
-            except OptionNotSupported as exc:
-                raise ValidationFailed({exc.field: [str(exc)]}) from None
-            except ValueError as exc:
-                fld = getattr(exc, "field", None)
-                if fld is None:
-                    raise
-                raise ValidationFailed({str(fld): [str(exc)]}) from None
         explanations = []
         for i, instance in enumerate(instances):
             item: dict[str, Any] = {"prediction": pred.answers[i]}
             for method in methods:
                 item[method] = per_method[method][i]
-            source = item.get("shap") or item.get("lime")
-            if source is not None:
-                # LIME's weights are slopes; its contributions are the per-feature attributions.
-                attributions = source.get("values") or source.get("contributions") or {}
-                item["reasons"] = reasons(
-                    attributions,
-                    instance,
-                    model.schema.features,
-                    target=source.get("target"),
-                    favorable=model.favorable,
-                    class_names=model.class_names,
-                )
+            found = item_reasons(model, item, instance)
+            if found is not None:
+                item["reasons"] = found
             explanations.append(item)
         request = {"methods": methods, "target": target, "options": options or {}}
         entries = [
@@ -185,6 +180,26 @@ class ExplainService:
         return {"model": model_ref(model), "explanations": answer_items}
 
 
+def item_reasons(
+    model: LoadedModel, item: dict[str, Any], instance: dict[str, Any]
+) -> list[dict[str, Any]] | None:
+    """Plain-language reasons from an explanation's SHAP values, else its LIME contributions (None
+    when it has neither)."""
+    source = item.get("shap") or item.get("lime")
+    if source is None:
+        return None
+    # LIME's weights are slopes; its contributions are the per-feature attributions.
+    attributions = source.get("values") or source.get("contributions") or {}
+    return reasons(
+        attributions,
+        instance,
+        model.schema.features,
+        target=source.get("target"),
+        favorable=model.favorable,
+        class_names=model.class_names,
+    )
+
+
 _OPTION_SCHEMAS: dict[type, Any] = {}
 
 
@@ -194,22 +209,6 @@ def _options_schema(explainer: Explainer) -> Any:
     if schema is None:
         schema = _OPTION_SCHEMAS[cls] = cls()
     return schema
-
-
-def counterfactual_goals(
-    model: LoadedModel, n: int, target_index: int | None, proba: Callable[[], np.ndarray | None]
-) -> np.ndarray | None:
-    """The class each counterfactual should reach: the requested target, else the favourable class,
-    else each row's runner-up class (``proba`` is only called in that last case)."""
-    if not model.is_classifier:
-        return None
-    if target_index is not None:
-        return np.full(n, target_index)
-    if model.favorable is not None:
-        return np.full(n, model.class_names.index(model.favorable))
-    probabilities = proba()
-    assert probabilities is not None
-    return np.argsort(-probabilities, axis=1)[:, 1].copy()
 
 
 def plot_urls(record_id: str, explanation: dict[str, Any]) -> dict[str, str]:

@@ -798,6 +798,7 @@ def _append_from_worker(url: str, worker: int, barrier: Any, results: Any) -> No
         raise
 
 
+@pytest.mark.slow
 def test_concurrent_processes_keep_one_unbroken_chain(url: str) -> None:
     spawn = multiprocessing.get_context("spawn")
     barrier, results = spawn.Barrier(WORKERS), spawn.Queue()

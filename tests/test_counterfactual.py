@@ -12,13 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from marshmallow import ValidationError
 
+from explain_service.errors import OptionError
 from explain_service.explainers._tabular import background_stats, row_dicts
 from explain_service.explainers.base import canonical_json
-from explain_service.explainers.counterfactual import (
-    CounterfactualExplainer,
-    CounterfactualOptions,
-    OptionError,
-)
+from explain_service.explainers.counterfactual import CounterfactualExplainer, CounterfactualOptions
 from tests._german_fixture import PipelineModel, diabetes_model, german_model, iris_model, mixed_model
 
 EXPLAINER = CounterfactualExplainer()
@@ -280,8 +277,9 @@ def test_regression_requires_a_desired_range() -> None:
         EXPLAINER.explain(model, rows, None, options())
     assert info.value.field == "options.counterfactual.desired_range"
     assert info.value.status == 422
-    assert info.value.messages == {"options.counterfactual.desired_range": [info.value.message]}
-    assert isinstance(info.value, ValueError)
+    assert info.value.errors == {
+        "options.counterfactual.desired_range": ["required for regression models, as [low, high]"]
+    }
 
 
 @pytest.mark.parametrize(

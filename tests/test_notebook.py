@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "explain_service_tour.ipynb"
 
 
+@pytest.mark.slow
 def test_notebook_cells_run() -> None:
     cells = json.loads(NOTEBOOK.read_text())["cells"]
     # IPython's display is a notebook nicety; outside a kernel the image bytes are kept as they are.

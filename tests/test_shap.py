@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 import shap
 
+from explain_service.errors import OptionError
 from explain_service.explainers.base import canonical_json
 from explain_service.explainers.shap import ShapExplainer, supported_outputs
 from explain_service.registry.model import LoadedModel
@@ -200,5 +201,6 @@ def test_multiclass_explains_the_requested_class(registry) -> None:
 def test_forest_refuses_log_odds_rather_than_falling_back(registry) -> None:
     model = registry.get("breast-cancer-forest")
     assert supported_outputs(model) == ("probability",)
-    with pytest.raises(ValueError, match="not available"):
+    with pytest.raises(OptionError, match="not available") as info:
         explain(model, rows_of(model), np.zeros(ROWS, dtype=int), output="log_odds")
+    assert info.value.errors.keys() == {"options.shap.output"}

@@ -26,8 +26,8 @@ from explain_service.batch.audit import AUDIT_CALLER, CapturingRecorder, audit_i
 from explain_service.batch.layout import KIND_TYPES, layout_for, prediction_columns, prediction_from_answers
 from explain_service.batch.validate import validate_chunk
 from explain_service.explainers import EXPLAINERS
+from explain_service.explainers.counterfactual import counterfactual_goals
 from explain_service.registry.model import LoadedModel
-from explain_service.service import counterfactual_goals
 
 PARQUET_OPTIONS: dict[str, Any] = {"compression": "snappy", "write_statistics": True}
 
@@ -159,11 +159,9 @@ def _explained_columns(model: LoadedModel, columns: dict[str, np.ndarray], plan:
         )
     for method in plan.methods:
         method_targets = targets
-        if method == "counterfactual":
+        if method == "counterfactual" and model.is_classifier:
             target_index = model.class_names.index(plan.target) if plan.target is not None else None
-            method_targets = counterfactual_goals(
-                model, len(rows), target_index, lambda: model.proba_matrix(X)
-            )
+            method_targets = counterfactual_goals(model, model.proba_matrix(X), target_index)
         out += layout_for(method).columns(
             model, EXPLAINERS[method], rows, method_targets, plan.options[method]
         )

@@ -272,13 +272,8 @@ def _trial(model: LoadedModel, plan: ChunkPlan) -> None:
     rows = model.background.iloc[:2]
     try:
         _explained_columns(model, {n: rows[n].to_numpy() for n in model.schema.names}, plan)
-    except ValidationFailed as exc:
+    except ValidationFailed as exc:  # an OptionError: an option this model cannot honour
         raise JobRefused(_errors_text(exc.errors)) from None
-    except ValueError as exc:
-        where = getattr(exc, "field", None)
-        if where is None:
-            raise
-        raise JobRefused(f"{where}: {exc}") from None
 
 
 def make_engine(job: PreparedJob) -> InProcessEngine | ProcessEngine | DaskEngine:

@@ -24,6 +24,12 @@ _QUANTILE_LEVELS = np.linspace(0.05, 0.95, 19)
 _STATS_CACHE_SIZE = 32
 
 
+def samples_background(model: ModelLike) -> bool:
+    """Whether the sampling explainers can explain ``model``: a classifier or regressor with
+    background rows to sample from."""
+    return model.task in ("classification", "regression") and len(model.background) > 0
+
+
 @dataclass(frozen=True)
 class FeatureStats:
     """What the explainers need to know about one feature's background values.

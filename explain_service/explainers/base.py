@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 import orjson
 import pandas as pd
-from marshmallow import Schema
+from marshmallow import Schema, fields, validate
 
 from explain_service.registry.model import Rows
 from explain_service.registry.schema import FeatureSchema
@@ -83,6 +83,21 @@ class Explainer(Protocol):
         ...
 
 
+MAX_SEED = 2**31 - 1
+
+
+def seed_option(description: str | None = None) -> fields.Integer:
+    """The optional ``seed`` every method takes: a JSON integer in [0, 2**31 - 1], None by default
+    (the seed is then derived from the request, see :func:`derive_seed`)."""
+    return fields.Integer(
+        strict=True,
+        allow_none=True,
+        load_default=None,
+        validate=validate.Range(min=0, max=MAX_SEED, error="seed must be between {min} and {max}."),
+        metadata={"description": description} if description else {},
+    )
+
+
 def plain(value: Any) -> Any:
     """A numpy scalar as the Python value JSON and hashing expect; anything else unchanged."""
     return value.item() if isinstance(value, np.generic) else value
@@ -98,4 +113,4 @@ def derive_seed(model_sha256: str, row: dict[str, Any], method: str, options: di
     digest = hashlib.sha256(
         canonical_json({"model": model_sha256, "row": row, "method": method, "options": options})
     ).digest()
-    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+    return int.from_bytes(digest[:4], "big") & MAX_SEED

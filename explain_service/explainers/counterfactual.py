@@ -1,10 +1,10 @@
 """Diverse, valid, constraint-respecting counterfactuals.
 
-For a classifier the goal is a target class: ``targets[i]`` when the service
-passes one (the requested target or the manifest's favourable class);
-otherwise the favourable class, or, when the row already has it or there is
-none, the most probable other class. For a regressor the goal is
-``options.desired_range`` (required).
+For a classifier the goal is a target class, chosen by one rule
+(:func:`counterfactual_goals`, which the service and the batch job call to
+fill ``targets``): the requested target; else the manifest's favourable
+class, unless the row is already predicted as it; else the most probable other
+class. For a regressor the goal is ``options.desired_range`` (required).
 
 Constraints come from the manifest (``model.schema.constraint(name)``) and
 are overridden key by key, per feature, by ``options.constraints``;
@@ -18,11 +18,9 @@ The search (see ``_cf_search``) is deterministic given the seed. The time
 budget is a safety net: when it cuts a search short the answer says so in its
 ``message``, and only then may a repeat differ.
 
-Exceptions::
-
-    ValueError
-     └── OptionError   an option only the model can judge (HTTP 422), e.g. a
-                       regression request without ``desired_range``
+Options that only the model can judge (a regression request without
+``desired_range``, a constraint on a feature the model does not have) raise
+:class:`~explain_service.errors.OptionError`.
 """
 
 from __future__ import annotations
@@ -33,35 +31,15 @@ from typing import Any, ClassVar
 import numpy as np
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
+from explain_service.errors import OptionError
 from explain_service.explainers._cf_search import Found, Goal, Rule, Search, Space
-from explain_service.explainers._tabular import background_stats, resolve_seed, row_dicts
-from explain_service.explainers.base import ModelLike
+from explain_service.explainers._tabular import background_stats, resolve_seed, row_dicts, samples_background
+from explain_service.explainers.base import ModelLike, seed_option
 from explain_service.registry.model import Rows, frame_of
 from explain_service.registry.schema import Feature, FeatureSchema
 
 MAX_COUNT = 10
 MAX_TIME_BUDGET_MS = 5_000
-
-
-class OptionError(ValueError):
-    """An option that is well-formed but does not fit this model (HTTP 422).
-
-    ``field`` is the dotted path of the offending option, e.g.
-    ``options.counterfactual.desired_range``.
-    """
-
-    status: ClassVar[int] = 422
-
-    def __init__(self, option: str, message: str) -> None:
-        self.option = option
-        self.field = f"options.counterfactual.{option}"
-        self.message = message
-        super().__init__(message)
-
-    @property
-    def messages(self) -> dict[str, list[str]]:
-        """The error in marshmallow's ``{field: [messages]}`` shape."""
-        return {self.field: [self.message]}
 
 
 def _check_pair(value: list[float] | None, name: str) -> None:
@@ -123,12 +101,7 @@ class CounterfactualOptions(Schema):
             min=10, max=MAX_TIME_BUDGET_MS, error="time_budget_ms must be between {min} and {max}."
         ),
     )
-    seed = fields.Integer(
-        strict=True,
-        allow_none=True,
-        load_default=None,
-        validate=validate.Range(min=0, max=2**31 - 1, error="seed must be between {min} and {max}."),
-    )
+    seed = seed_option()
 
     @validates_schema
     def _range_is_ordered(self, data: dict[str, Any], **_: Any) -> None:
@@ -141,10 +114,10 @@ def resolve_rules(schema: FeatureSchema, options: dict[str, Any]) -> list[Rule]:
     names = set(schema.names)
     for name in requested:
         if name not in names:
-            raise OptionError("constraints", f"unknown feature {name!r}")
+            raise OptionError("counterfactual", "constraints", f"unknown feature {name!r}")
     for name in options.get("immutable") or []:
         if name not in names:
-            raise OptionError("immutable", f"unknown feature {name!r}")
+            raise OptionError("counterfactual", "immutable", f"unknown feature {name!r}")
         requested.setdefault(name, {})["mutable"] = False
     rules = []
     for feature in schema.features:
@@ -167,9 +140,40 @@ def resolve_rules(schema: FeatureSchema, options: dict[str, Any]) -> list[Rule]:
 
 def _check_fit(feature: Feature, ask: dict[str, Any]) -> None:
     if ask.get("direction") is not None and feature.kind == "categorical":
-        raise OptionError(f"constraints.{feature.name}.direction", "categorical features have no direction")
+        raise OptionError(
+            "counterfactual",
+            f"constraints.{feature.name}.direction",
+            "categorical features have no direction",
+        )
     if ask.get("range") is not None and not feature.is_numeric:
-        raise OptionError(f"constraints.{feature.name}.range", "only numeric features take a range")
+        raise OptionError(
+            "counterfactual", f"constraints.{feature.name}.range", "only numeric features take a range"
+        )
+
+
+def counterfactual_goals(model: ModelLike, proba: np.ndarray, target: int | None = None) -> np.ndarray | None:
+    """The class index each row's counterfactuals aim at; None for a regressor.
+
+    The requested ``target``; else the favourable class, unless the row is already
+    predicted as it; else the row's most probable other class (ties go to the first
+    class). ``proba`` holds the rows' class probabilities, shape (n, n_classes).
+    """
+    if model.task != "classification":
+        return None
+    if target is not None:
+        return np.full(len(proba), target)
+    ranked = np.argsort(-proba, axis=1, kind="stable")
+    predicted, runner_up = ranked[:, 0], ranked[:, 1]
+    if model.favorable is None:
+        return runner_up.copy()
+    favorable = model.class_names.index(model.favorable)
+    return np.where(predicted == favorable, runner_up, favorable)
+
+
+def _own_goal(model: ModelLike, own: np.ndarray) -> int:
+    goals = counterfactual_goals(model, own[None, :])
+    assert goals is not None
+    return int(goals[0])
 
 
 class CounterfactualExplainer:
@@ -179,8 +183,7 @@ class CounterfactualExplainer:
     options_schema: ClassVar[type[Schema]] = CounterfactualOptions
 
     def supports(self, model: ModelLike) -> bool:
-        """Any classifier or regressor with a non-empty background sample."""
-        return model.task in ("classification", "regression") and len(model.background) > 0
+        return samples_background(model)
 
     def explain(
         self,
@@ -193,9 +196,13 @@ class CounterfactualExplainer:
         regression = model.task == "regression"
         desired = options.get("desired_range")
         if regression and desired is None:
-            raise OptionError("desired_range", "required for regression models, as [low, high]")
+            raise OptionError(
+                "counterfactual", "desired_range", "required for regression models, as [low, high]"
+            )
         if not regression and desired is not None:
-            raise OptionError("desired_range", "applies to regression models only; use target")
+            raise OptionError(
+                "counterfactual", "desired_range", "applies to regression models only; use target"
+            )
         rules = resolve_rules(model.schema, options)
         stats = background_stats(model)
         records = row_dicts(frame_of(rows), model.schema.features)
@@ -213,7 +220,7 @@ class CounterfactualExplainer:
             if desired is not None:
                 goal = Goal(None, float(desired[0]), float(desired[1]))
             else:
-                goal = Goal(self._target(model, own, targets, i))
+                goal = Goal(int(targets[i]) if targets is not None else _own_goal(model, own))
             count = int(options["count"])
             if goal.valid(own[None, :])[0]:
                 found = Found(
@@ -223,18 +230,6 @@ class CounterfactualExplainer:
                 found = search.run(goal, count)
             results.append(self._result(model, space, goal, found, count, seed, desired))
         return results
-
-    @staticmethod
-    def _target(model: ModelLike, own: np.ndarray, targets: np.ndarray | None, i: int) -> int:
-        if targets is not None:
-            return int(targets[i])
-        current = int(np.argmax(own))
-        if model.favorable is not None and model.favorable in model.class_names:
-            favorable = model.class_names.index(model.favorable)
-            if favorable != current:
-                return favorable
-        ranked = [int(k) for k in np.argsort(-own, kind="stable") if k != current]
-        return ranked[0]
 
     @staticmethod
     def _already(model: ModelLike, goal: Goal) -> str:

@@ -48,8 +48,9 @@ from explain_service.explainers._tabular import (
     model_output,
     resolve_seed,
     row_dicts,
+    samples_background,
 )
-from explain_service.explainers.base import ModelLike
+from explain_service.explainers.base import MAX_SEED, ModelLike, seed_option
 from explain_service.registry.model import Rows, frame_of
 
 MAX_NUM_SAMPLES = 20_000
@@ -95,12 +96,7 @@ class LimeOptions(Schema):
         validate=validate.Range(min=0, max=10, error="stability must be between {min} and {max}."),
         metadata={"description": "Repeat with this many seeds and report the top-5 agreement; 0 is off."},
     )
-    seed = fields.Integer(
-        strict=True,
-        allow_none=True,
-        load_default=None,
-        validate=validate.Range(min=0, max=2**31 - 1, error="seed must be between {min} and {max}."),
-    )
+    seed = seed_option()
 
     @validates("stability")
     def _stability_is_off_or_several(self, value: int, **_: Any) -> None:
@@ -218,8 +214,7 @@ class LimeExplainer:
     options_schema: ClassVar[type[Schema]] = LimeOptions
 
     def supports(self, model: ModelLike) -> bool:
-        """Any classifier or regressor with a non-empty background sample."""
-        return model.task in ("classification", "regression") and len(model.background) > 0
+        return samples_background(model)
 
     def explain(
         self,
@@ -249,7 +244,7 @@ class LimeExplainer:
                     stats,
                     records[i],
                     n,
-                    (seeds[i] + r) & 0x7FFFFFFF,
+                    (seeds[i] + r) & MAX_SEED,
                     float(options["width"]),
                     float(options["change_probability"]),
                 )

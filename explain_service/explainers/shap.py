@@ -30,7 +30,8 @@ import numpy as np
 import pandas as pd
 from marshmallow import Schema, fields, validate
 
-from explain_service.explainers.base import derive_seed, plain
+from explain_service.errors import OptionError
+from explain_service.explainers.base import derive_seed, plain, seed_option
 from explain_service.registry.model import LoadedModel, Rows, frame_of
 
 OUTPUTS = ("log_odds", "probability", "raw")
@@ -47,24 +48,12 @@ class ShapOptions(Schema):
         metadata={"description": "Output space; defaults to the model's native one."},
     )
     max_evals = fields.Integer(
+        strict=True,
         load_default=20_000,
         validate=validate.Range(min=500, max=200_000),
         metadata={"description": "Model-agnostic path: budget of model evaluations per row."},
     )
-    seed = fields.Integer(
-        load_default=None,
-        allow_none=True,
-        validate=validate.Range(min=0, max=2**31 - 1),
-        metadata={"description": "Model-agnostic path: seed of the permutation sampler."},
-    )
-
-
-class OptionNotSupported(ValueError):
-    """A valid option value that this model cannot honour; carries the field path."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
+    seed = seed_option("Model-agnostic path: seed of the permutation sampler.")
 
 
 def native_output(model: LoadedModel) -> str:
@@ -119,8 +108,9 @@ class ShapExplainer:
         """SHAP values as arrays (one row per input row, one column per input feature)."""
         output = options.get("output") or native_output(model)
         if output not in supported_outputs(model):
-            raise OptionNotSupported(
-                "options.shap.output",
+            raise OptionError(
+                self.name,
+                "output",
                 f"output {output!r} is not available for this model; use one of {', '.join(supported_outputs(model))}",
             )
         path = choose_path(model, output)
