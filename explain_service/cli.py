@@ -2,7 +2,7 @@
 
 Sub-commands reach the same services as the HTTP API, through the same
 factory functions: ``serve``, ``models list|verify|build-demo``, ``batch``,
-``audit verify|export``.
+``audit verify|export``, ``keys create|list|revoke``.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 
 import click
 
+from explain_service.access.commands import keys
 from explain_service.batch.command import batch
 from explain_service.config import Settings
 from explain_service.logs import configure_app_logging
@@ -44,11 +45,30 @@ def main() -> None:
     envvar="EXPLAIN_ACCESS_LOG",
     help="one line per request on stdout",
 )
-def serve(host: str, port: int, workers: int, timeout: int, access_log: bool) -> None:
+@click.option("--certfile", default=None, type=click.Path(exists=True, dir_okay=False), help="serve TLS")
+@click.option("--keyfile", default=None, type=click.Path(exists=True, dir_okay=False))
+def serve(
+    host: str,
+    port: int,
+    workers: int,
+    timeout: int,
+    access_log: bool,
+    certfile: str | None,
+    keyfile: str | None,
+) -> None:
     """Run the service under gunicorn (settings in explain_service/gunicorn_conf.py)."""
+    from explain_service.access.commands import prepare_serve
+
     configure_app_logging()
     settings = _settings()
     os.environ["EXPLAIN_ACCESS_LOG"] = "1" if access_log else "0"
+    if bool(certfile) != bool(keyfile):
+        raise click.ClickException("--certfile and --keyfile go together")
+    if settings.request_deadline_seconds >= timeout:
+        raise click.ClickException(
+            f"EXPLAIN_REQUEST_DEADLINE_SECONDS ({settings.request_deadline_seconds:g}) must be below the "
+            f"worker timeout ({timeout}), or a slow request kills its worker"
+        )
     for directory in (Path(settings.plots_dir), Path("var")):
         directory.mkdir(parents=True, exist_ok=True)
     metrics_dir = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", "var/prometheus"))
@@ -70,8 +90,17 @@ def serve(host: str, port: int, workers: int, timeout: int, access_log: bool) ->
         "python:explain_service.gunicorn_conf",
         "explain_service.app:create_app()",
     ]
+    scheme = "https" if certfile else "http"
+    if certfile and keyfile:
+        args[-1:-1] = ["--certfile", certfile, "--keyfile", keyfile]
+    prepare_serve(settings, host, port, scheme)
     log.info(
-        "explain-service on http://%s:%d (%d workers, models in %s)", host, port, workers, settings.models_dir
+        "explain-service on %s://%s:%d (%d workers, models in %s)",
+        scheme,
+        host,
+        port,
+        workers,
+        settings.models_dir,
     )
     os.execv(args[0], args)
 
@@ -227,6 +256,7 @@ def audit_export(database_url: str | None, output: str) -> None:
 
 
 main.add_command(batch)
+main.add_command(keys)
 
 
 if __name__ == "__main__":

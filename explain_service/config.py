@@ -15,8 +15,13 @@ class Settings:
     database_url: str = "sqlite:///var/audit.sqlite3"
     audit_durability: str = "full"
     plots_dir: str = "var/plots"
+    auth: str = "required"
     ratelimit_storage_uri: str = "memory://"
-    ratelimit_default: str = ""
+    ratelimit_default: str = "600/minute"
+    ratelimit_key_prefix: str = "explain-service"
+    counterfactual_daily_quota: int = 1000
+    request_deadline_seconds: float = 10.0
+    request_max_evaluations: int = 4_000_000
     max_instances: int = 100
     max_body_bytes: int = 2 * 1024 * 1024
     eager_load: bool = True
@@ -41,4 +46,7 @@ class Settings:
             else:
                 values[f.name] = raw
         values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+        settings = cls(**values)
+        if settings.auth not in ("required", "off"):
+            raise ValueError(f"EXPLAIN_AUTH must be 'required' or 'off', not {settings.auth!r}")
+        return settings

@@ -5,6 +5,9 @@ knows its HTTP status and builds its own message from structured arguments::
 
     ServiceError
     ├── BadRequest (400)
+    ├── Unauthorized (401)                no key, or not a valid one; WWW-Authenticate: Bearer
+    ├── Forbidden (403)                   a valid key whose role is too low
+    ├── TooManyRequests (429)             a per-key limit or quota; Retry-After
     ├── ValidationFailed (422)            errors: {field: [messages]}
     │   └── OptionError(method, option, message)
     │                                     an option this model cannot honour, named
@@ -18,8 +21,9 @@ knows its HTTP status and builds its own message from structured arguments::
     │   └── RegistrationError(reason)     register_model cannot store this model
     └── Unavailable (503)
         ├── AuditUnavailable(reason)      the audit record could not be written
-        └── ModelUnavailable(name, version, reason)
-                                          registered, but failed verification or loading
+        ├── ModelUnavailable(name, version, reason)
+        │                                 registered, but failed verification or loading
+        └── DeadlineExceeded(seconds)     the request's compute deadline passed; Retry-After
 
 One handler (``explain_service.api.errors``) renders them as the JSON error
 shape ``{"code", "status", "message", "errors"}``; the review pages render the
@@ -51,10 +55,16 @@ class ServiceError(Exception):
     # A 5xx class whose message and errors are built only from safe, structured values may publish them.
     detail_is_public: ClassVar[bool] = False
 
-    def __init__(self, message: str, errors: dict[str, list[str]] | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        errors: dict[str, list[str]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.errors = errors or {}
+        self.headers = headers or {}
 
     @property
     def public_message(self) -> str:
@@ -75,6 +85,25 @@ class ServiceError(Exception):
 
 class BadRequest(ServiceError):
     status = 400
+
+
+class Unauthorized(ServiceError):
+    status = 401
+
+    def __init__(self, message: str, *, invalid: bool = False) -> None:
+        challenge = 'Bearer realm="explain-service"' + (', error="invalid_token"' if invalid else "")
+        super().__init__(message, headers={"WWW-Authenticate": challenge})
+
+
+class Forbidden(ServiceError):
+    status = 403
+
+
+class TooManyRequests(ServiceError):
+    status = 429
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message, headers={"Retry-After": str(max(1, int(retry_after)))})
 
 
 class ValidationFailed(ServiceError):
@@ -174,6 +203,20 @@ class ModelUnavailable(Unavailable):
         self.name = name
         self.version = version
         self.reason = reason
+
+
+class DeadlineExceeded(Unavailable):
+    """The request's compute deadline passed before its answer was ready; nothing was recorded."""
+
+    detail_is_public = True
+
+    def __init__(self, seconds: float, retry_after: int = 5) -> None:
+        super().__init__(
+            f"deadline_exceeded: the request did not finish within its {seconds:g} s compute deadline; "
+            "ask for less work (fewer instances, samples or evaluations) or retry later",
+            {"_request": ["deadline_exceeded"]},
+            headers={"Retry-After": str(retry_after)},
+        )
 
 
 def flatten_errors(errors: Any, prefix: str = "") -> dict[str, list[str]]:

@@ -27,6 +27,13 @@ for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_name, "1")
 
 
+def post_fork(server: object, worker: object) -> None:
+    """No ``Server: gunicorn`` banner on the worker's responses."""
+    from explain_service.access.headers import drop_server_banner
+
+    drop_server_banner()
+
+
 def child_exit(server: object, worker: object) -> None:
     """Drop a dead worker's metric files (Prometheus multiprocess mode)."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

@@ -38,6 +38,16 @@ def registry(demo_models_dir: Path) -> ModelRegistry:
     return ModelRegistry(demo_models_dir)
 
 
+# The suites written before access control test the API's behaviour, not its gate: their apps run with
+# authentication, rate limits, the quota and the deadline off. tests/test_access*.py test those, on.
+OPEN_ACCESS = {
+    "auth": "off",
+    "ratelimit_default": "",
+    "counterfactual_daily_quota": 0,
+    "request_deadline_seconds": 0,
+}
+
+
 @pytest.fixture(scope="session")
 def app(demo_models_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     var = tmp_path_factory.mktemp("var")
@@ -47,6 +57,7 @@ def app(demo_models_dir: Path, tmp_path_factory: pytest.TempPathFactory):
             "database_url": f"sqlite:///{var}/audit.sqlite3",
             "plots_dir": str(var / "plots"),
             "TESTING": True,
+            **OPEN_ACCESS,
         }
     )
 

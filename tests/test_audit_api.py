@@ -19,7 +19,7 @@ from PIL import Image
 from explain_service.app import create_app
 from explain_service.audit.store import AuditStore, AuditWriteError
 from explain_service.cli import main
-from tests.conftest import GERMAN_ROW
+from tests.conftest import GERMAN_ROW, OPEN_ACCESS
 from tests.test_audit_store import tamper
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,6 +34,7 @@ def audited(demo_models_dir: Path, tmp_path: Path, url: str):
             "database_url": url,
             "plots_dir": str(tmp_path / "plots"),
             "eager_load": False,
+            **OPEN_ACCESS,
         }
     )
     return app, app.test_client(), url
@@ -109,6 +110,7 @@ def test_replay_reports_a_changed_model(audited, models_dir: Path, tmp_path: Pat
             "database_url": url,
             "plots_dir": str(tmp_path / "p"),
             "eager_load": False,
+            **OPEN_ACCESS,
         }
     )
     client = app.test_client()
@@ -123,6 +125,7 @@ def test_replay_reports_a_changed_model(audited, models_dir: Path, tmp_path: Pat
             "database_url": url,
             "plots_dir": str(tmp_path / "p"),
             "eager_load": False,
+            **OPEN_ACCESS,
         }
     )
     report = fresh.test_client().get(f"/v1/explanations/{answer['explanations'][0]['id']}/verify").get_json()
@@ -195,6 +198,8 @@ def _serve(url: str, models_dir: Path, plots: Path, workers: int):
         "EXPLAIN_MODELS_DIR": str(models_dir),
         "EXPLAIN_DATABASE_URL": url,
         "EXPLAIN_PLOTS_DIR": str(plots),
+        "EXPLAIN_AUTH": "off",
+        "EXPLAIN_RATELIMIT_DEFAULT": "",
     }
     gunicorn = Path(sys.executable).with_name("gunicorn")
     proc = subprocess.Popen(

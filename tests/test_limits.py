@@ -1,50 +1,116 @@
-"""Rate limits answer 429 in the JSON error shape, per worker in memory or shared through Redis."""
+"""Per-key rate limits in cost units, the daily counterfactual quota, shared through Redis."""
 
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 
 import pytest
+from flask import Flask
 
+from explain_service.access.costs import Work, measure
 from explain_service.app import create_app
+from tests.conftest import GERMAN_ROW
+
+CHEAP = "/openapi.json"
 
 
-def make(demo_models_dir: Path, tmp_path: Path, **settings):
+def make(demo_models_dir: Path, tmp_path: Path, **settings) -> Flask:
     return create_app(
         {
             "models_dir": str(demo_models_dir),
             "database_url": f"sqlite:///{tmp_path}/audit.sqlite3",
             "plots_dir": str(tmp_path / "plots"),
             "eager_load": False,
+            "ratelimit_key_prefix": f"test-{uuid.uuid4().hex}",
             **settings,
         }
     )
 
 
-def test_breach_is_a_429_json_error_and_probes_are_exempt(demo_models_dir: Path, tmp_path: Path) -> None:
-    client = make(demo_models_dir, tmp_path, ratelimit_default="3 per minute").test_client()
-    statuses = [client.get("/v1/models").status_code for _ in range(4)]
-    assert statuses == [200, 200, 200, 429]
-    r = client.get("/v1/models")
-    body = r.get_json()
-    assert body["code"] == 429 and body["status"] == "Too Many Requests"
-    assert int(r.headers["Retry-After"]) > 0
+def keys(app: Flask, *names: str) -> list[dict[str, str]]:
+    store = app.extensions["explain_access"].keys
+    return [{"Authorization": f"Bearer {store.create(n, 'explain')}"} for n in names]
+
+
+def test_each_key_has_its_own_budget_and_a_breach_is_a_429_json_error(
+    demo_models_dir: Path, tmp_path: Path
+) -> None:
+    app = make(demo_models_dir, tmp_path, ratelimit_default="3/minute")
+    client = app.test_client()
+    a, b = keys(app, "a", "b")
+    assert [client.get(CHEAP, headers=a).status_code for _ in range(4)] == [200, 200, 200, 429]
+    r = client.get(CHEAP, headers=a)
+    assert r.get_json()["code"] == 429 and r.get_json()["status"] == "Too Many Requests"
+    assert 0 < int(r.headers["Retry-After"]) <= 60
+    assert client.get(CHEAP, headers=b).status_code == 200
     assert all(client.get("/healthz").status_code == 200 for _ in range(5))
 
 
 def test_an_empty_limit_disables_limiting(demo_models_dir: Path, tmp_path: Path) -> None:
-    client = make(demo_models_dir, tmp_path, ratelimit_default="").test_client()
-    assert {client.get("/v1/models").status_code for _ in range(10)} == {200}
+    app = make(demo_models_dir, tmp_path, ratelimit_default="")
+    (a,) = keys(app, "a")
+    assert {app.test_client().get(CHEAP, headers=a).status_code for _ in range(10)} == {200}
+
+
+def test_an_explain_costs_by_instances_and_methods(demo_models_dir: Path, tmp_path: Path) -> None:
+    tree = {"instances": [GERMAN_ROW] * 3, "methods": ["shap"]}
+    assert measure(tree, agnostic=False, max_instances=100) == Work(units=3)
+    agnostic = {
+        "instances": [GERMAN_ROW] * 2,
+        "methods": ["shap"],
+        "options": {"shap": {"max_evals": 50_000}},
+    }
+    assert measure(agnostic, agnostic=True, max_instances=100).units == 100
+    lime = {
+        "instances": [GERMAN_ROW],
+        "methods": ["lime"],
+        "options": {"lime": {"num_samples": 4096, "stability": 3}},
+    }
+    assert measure(lime, agnostic=False, max_instances=100) == Work(
+        units=24, evaluations=12_288, largest="options.lime.num_samples"
+    )
+    cf = {"instances": [GERMAN_ROW] * 5, "methods": ["counterfactual", "shap"]}
+    assert measure(cf, agnostic=False, max_instances=100) == Work(units=45, counterfactual_instances=5)
+    assert measure({"instances": "nope"}, agnostic=None, max_instances=100) == Work()
+
+    app = make(demo_models_dir, tmp_path, ratelimit_default="10/minute")
+    client = app.test_client()
+    (a,) = keys(app, "a")
+    body = {"instances": [GERMAN_ROW] * 4, "methods": ["shap"]}
+    statuses = [
+        client.post("/v1/models/german-credit:explain", json=body, headers=a).status_code for _ in range(3)
+    ]
+    assert statuses == [200, 200, 429]  # 4 + 4 units fit in 10; the next 4 do not
+
+
+def test_counterfactual_instances_have_a_daily_quota(demo_models_dir: Path, tmp_path: Path) -> None:
+    app = make(demo_models_dir, tmp_path, ratelimit_default="", counterfactual_daily_quota=3)
+    client = app.test_client()
+    a, b = keys(app, "a", "b")
+    body = {"instances": [GERMAN_ROW] * 2, "methods": ["counterfactual"],
+            "options": {"counterfactual": {"count": 1, "time_budget_ms": 50}}}  # fmt: skip
+    assert client.post("/v1/models/german-credit:explain", json=body, headers=a).status_code == 200
+    refused = client.post("/v1/models/german-credit:explain", json=body, headers=a)
+    assert refused.status_code == 429
+    assert "daily quota of 3 counterfactual instances" in refused.get_json()["message"]
+    assert 0 < int(refused.headers["Retry-After"]) <= 86_400
+    shap_only = {"instances": [GERMAN_ROW], "methods": ["shap"]}
+    assert client.post("/v1/models/german-credit:explain", json=shap_only, headers=a).status_code == 200
+    assert client.post("/v1/models/german-credit:explain", json=body, headers=b).status_code == 200
 
 
 @pytest.mark.skipif(not os.environ.get("EXPLAIN_TEST_REDIS_URL"), reason="EXPLAIN_TEST_REDIS_URL is not set")
 def test_redis_storage_shares_one_budget_between_workers(demo_models_dir: Path, tmp_path: Path) -> None:
-    limit = "4 per hour"
-    url = os.environ["EXPLAIN_TEST_REDIS_URL"]
-    first_app = make(demo_models_dir, tmp_path, ratelimit_default=limit, ratelimit_storage_uri=url)
-    first_app.extensions["explain_limiter"].reset()
-    first = first_app.test_client()
-    second = make(demo_models_dir, tmp_path, ratelimit_default=limit, ratelimit_storage_uri=url).test_client()
-    statuses = [c.get("/v1/models").status_code for c in (first, second, first, second, first, second)]
+    shared = {
+        "ratelimit_default": "4/hour",
+        "ratelimit_storage_uri": os.environ["EXPLAIN_TEST_REDIS_URL"],
+        "ratelimit_key_prefix": f"test-{uuid.uuid4().hex}",
+    }
+    first_app = make(demo_models_dir, tmp_path, **shared)
+    (a,) = keys(first_app, "a")
+    second_app = make(demo_models_dir, tmp_path, **shared)
+    first, second = first_app.test_client(), second_app.test_client()
+    statuses = [c.get(CHEAP, headers=a).status_code for c in (first, second, first, second, first, second)]
     assert statuses == [200, 200, 200, 200, 429, 429]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from explain_service.api import docs, errors, explanations, health, limits, models
+from explain_service.api import docs, errors, explanations, health, models
 
 
 def init_app(app: Flask) -> None:
@@ -16,4 +16,3 @@ def init_app(app: Flask) -> None:
     errors.init_app(app)
     docs.init_app(app)
     app.extensions["explain_api"] = api
-    limits.init_app(app, app.extensions["explain"].settings)

@@ -76,12 +76,12 @@ def init_app(app: Flask) -> None:
     @app.errorhandler(ServiceError)
     def _service_error(exc: ServiceError) -> Response:
         if exc.status < 500:
-            return json_response(exc.to_dict(), exc.status)
+            return json_response(exc.to_dict(), exc.status, headers=exc.headers or None)
         log.error("%s [request %s]: %s", type(exc).__name__, request_id(), exc.message)
         body = server_error_body(exc.status, exc.public_message)
         if exc.detail_is_public and exc.errors:
             body["errors"] = exc.errors
-        return json_response(body, exc.status)
+        return json_response(body, exc.status, headers=exc.headers or None)
 
     @app.errorhandler(AuditError)
     def _audit_error(exc: AuditError) -> Response:

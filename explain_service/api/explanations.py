@@ -7,6 +7,7 @@ from typing import Any
 from flask import Response, current_app, request
 from flask.views import MethodView
 
+from explain_service.access import require_owner
 from explain_service.api import schemas
 from explain_service.api.blueprint import Blueprint
 from explain_service.api.validation import validate_instances
@@ -29,12 +30,13 @@ def _services() -> Any:
 
 
 def load_record(record_id: str) -> StoredRecord:
-    """The stored record, or a 404."""
+    """The stored record, or a 404 (also when an ``explain`` key asks for another key's record)."""
     if len(record_id) > 64:
         raise ExplanationNotFound(record_id[:64] + "...")
     record = _services().audit.get(record_id)
     if record is None or record.body.get("kind") != "explanation":
         raise ExplanationNotFound(record_id)
+    require_owner(record.caller, record_id)
     return record
 
 

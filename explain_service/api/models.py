@@ -7,6 +7,7 @@ from typing import Any
 from flask import current_app
 from flask.views import MethodView
 
+from explain_service.access import caller_name, has_role
 from explain_service.api import schemas
 from explain_service.api.blueprint import Blueprint
 from explain_service.api.validation import validate_instances
@@ -53,6 +54,8 @@ def describe(model: LoadedModel) -> dict[str, Any]:
         m for m in services.service.method_names() if services.service.explainers[m].supports(model)
     ]
     out["shap_outputs"] = list(supported_outputs(model))
+    if not has_role("review"):
+        out.pop("libraries", None)  # exact versions help an attacker more than a calling system
     return out
 
 
@@ -116,7 +119,13 @@ def _explain(body: dict[str, Any], name: str, version: str | None) -> Any:
     if len(set(methods)) != len(methods):
         raise ValidationFailed({"methods": ["Each method may be asked once."]})
     answer = _services().service.explain(
-        model, rows, methods, target=body.get("target"), options=body.get("options") or {}, instances=records
+        model,
+        rows,
+        methods,
+        target=body.get("target"),
+        options=body.get("options") or {},
+        instances=records,
+        caller=caller_name(),
     )
     return json_response(answer)
 

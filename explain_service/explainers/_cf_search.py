@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from explain_service.deadline import check_deadline
 from explain_service.explainers._tabular import FeatureStats, make_frame, model_output
 from explain_service.explainers.base import ModelLike
 
@@ -279,6 +280,7 @@ class Search:
             if time.perf_counter() >= self.deadline:
                 reason = "the time budget ran out"
                 break
+            check_deadline()
             grown = self._grow(self._beam(frontier, frontier_out, goal), seen)
             if len(grown) == 0:
                 reason = "the search space is exhausted"

@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 import numpy as np
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
+from explain_service.deadline import check_deadline
 from explain_service.errors import OptionError
 from explain_service.explainers._cf_search import Found, Goal, Rule, Search, Space
 from explain_service.explainers._tabular import background_stats, resolve_seed, row_dicts, samples_background
@@ -210,6 +211,7 @@ class CounterfactualExplainer:
         budget = int(options["time_budget_ms"]) / 1000.0
         results = []
         for i, record in enumerate(records):
+            check_deadline()
             # The request's budget is shared: each row gets an equal part of what is left.
             remaining = budget - (time.perf_counter() - start)
             deadline = time.perf_counter() + max(remaining, 0.0) / (len(records) - i)

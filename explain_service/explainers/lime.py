@@ -40,6 +40,7 @@ from marshmallow import Schema, ValidationError, fields, validate, validates
 from scipy.special import ndtri
 from scipy.stats import qmc
 
+from explain_service.deadline import check_deadline
 from explain_service.explainers._tabular import (
     MAX_BATCH_ROWS,
     FeatureStats,
@@ -238,6 +239,7 @@ class LimeExplainer:
         group = max(1, MAX_BATCH_ROWS // (n * repeats + 1))
         results = []
         for lo in range(0, len(records), group):
+            check_deadline()
             hi = min(lo + group, len(records))
             blocks = [
                 neighbourhood(
@@ -258,6 +260,7 @@ class LimeExplainer:
             }
             output = model_output(model, make_frame(features, columns))
             own = output[len(blocks) * n :]
+            check_deadline()
             for i in range(lo, hi):
                 if model.task == "regression":
                     column = 0

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 from marshmallow import Schema, fields, validate
 
+from explain_service.deadline import check_deadline
 from explain_service.errors import OptionError
 from explain_service.explainers.base import derive_seed, plain, seed_option
 from explain_service.registry.model import LoadedModel, Rows, frame_of
@@ -294,6 +295,7 @@ def _agnostic(
     per_row: list[dict[str, Any]] = []
     max_evals = int(options.get("max_evals") or 20_000)
     for i in range(len(rows)):
+        check_deadline()
         x = {n: rows[n].iloc[i] for n in names}
         target = int(targets[i]) if targets is not None else None
 
@@ -350,6 +352,7 @@ def _coalition_values(
     output: str,
 ) -> np.ndarray:
     """Mean model output over the background for each coalition (True = feature from x)."""
+    check_deadline()
     c = len(masks)
     frame = {}
     for j, n in enumerate(names):
