@@ -21,7 +21,7 @@ class Settings:
     ratelimit_key_prefix: str = "explain-service"
     counterfactual_daily_quota: int = 1000
     request_deadline_seconds: float = 10.0
-    request_max_evaluations: int = 4_000_000
+    request_max_evaluations: int = 2_000_000
     max_instances: int = 100
     max_body_bytes: int = 2 * 1024 * 1024
     eager_load: bool = True

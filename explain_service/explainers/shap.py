@@ -40,6 +40,9 @@ AGNOSTIC_BACKGROUND = 16
 TREE_PROBABILITY_BACKGROUND = 100
 
 
+COALITION_ROWS = 32_768  # model rows per call on the model-agnostic path
+
+
 class ShapOptions(Schema):
     """Options of the ``shap`` method."""
 
@@ -351,7 +354,18 @@ def _coalition_values(
     target: int | None,
     output: str,
 ) -> np.ndarray:
-    """Mean model output over the background for each coalition (True = feature from x)."""
+    """Mean model output over the background for each coalition (True = feature from x).
+
+    Evaluated in chunks of at most :data:`COALITION_ROWS` model rows, so a request's deadline is
+    checked between model calls of bounded length (the means do not depend on the chunking).
+    """
+    step = max(1, COALITION_ROWS // b)
+    if len(masks) > step:
+        parts = [
+            _coalition_values(model, x, bg_cols, names, masks[lo : lo + step], b, target, output)
+            for lo in range(0, len(masks), step)
+        ]
+        return np.concatenate(parts)
     check_deadline()
     c = len(masks)
     frame = {}

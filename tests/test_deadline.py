@@ -1,0 +1,80 @@
+"""Compute deadlines and the per-request evaluation budget."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from explain_service.app import create_app
+from explain_service.deadline import check_deadline, deadline_scope
+from explain_service.errors import DeadlineExceeded
+
+WINE = "/v1/models/wine-mlp:explain"  # the model-agnostic demo model
+
+
+@pytest.fixture
+def timed(demo_models_dir: Path, tmp_path: Path):
+    app = create_app(
+        {
+            "models_dir": str(demo_models_dir),
+            "database_url": f"sqlite:///{tmp_path}/audit.sqlite3",
+            "plots_dir": str(tmp_path / "plots"),
+            "ratelimit_default": "",
+            "request_deadline_seconds": 1.0,
+            "eager_load": False,
+        }
+    )
+    key = app.extensions["explain_access"].keys.create("k", "explain")
+    client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {key}"
+    rows = app.extensions["explain"].registry.get("wine-mlp").background.iloc[:10]
+    instances = [{k: float(v) for k, v in r.items()} for r in rows.to_dict(orient="records")]
+    return app, client, instances
+
+
+def test_the_deadline_stops_the_most_expensive_legal_request(timed) -> None:
+    app, client, instances = timed
+    audit = app.extensions["explain"].audit
+    before = audit.count()
+    body = {"instances": instances, "methods": ["shap", "lime"],
+            "options": {"shap": {"max_evals": 100_000}, "lime": {"num_samples": 20_000, "stability": 5}}}  # fmt: skip
+    started = time.monotonic()
+    r = client.post(WINE, json=body)
+    elapsed = time.monotonic() - started
+    assert r.status_code == 503, r.get_json()
+    assert r.get_json()["errors"] == {"_request": ["deadline_exceeded"]}
+    assert int(r.headers["Retry-After"]) > 0
+    assert elapsed < 1.0 + 1.0
+    assert audit.count() == before  # nothing recorded for an unanswered request
+    cheap = client.post(WINE, json={"instances": instances[:1], "methods": ["shap"]})
+    assert cheap.status_code == 200 and audit.count() == before + 1
+
+
+@pytest.mark.parametrize(
+    ("options", "n", "field"),
+    [
+        ({"shap": {"max_evals": 200_000}}, 11, "options.shap.max_evals"),
+        ({"lime": {"num_samples": 20_000, "stability": 10}}, 11, "options.lime.num_samples"),
+    ],
+    ids=["shap-evals", "lime-samples"],
+)
+def test_declared_work_over_the_budget_is_refused_up_front(timed, options, n: int, field: str) -> None:
+    _, client, instances = timed
+    body = {"instances": (instances * 2)[:n], "methods": list(options), "options": options}
+    started = time.monotonic()
+    r = client.post(WINE, json=body)
+    assert r.status_code == 422 and list(r.get_json()["errors"]) == [field]
+    assert "per-request budget is 2,000,000" in r.get_json()["errors"][field][0]
+    assert time.monotonic() - started < 0.5
+
+
+def test_without_a_scope_the_check_does_nothing_and_inside_it_raises_once_passed() -> None:
+    check_deadline()
+    with deadline_scope(0.05):
+        check_deadline()
+        time.sleep(0.06)
+        with pytest.raises(DeadlineExceeded):
+            check_deadline()
+    check_deadline()
