@@ -104,10 +104,10 @@ def service_compute_latency(model, instances: list[dict]) -> list[float]:
     return samples
 
 
-def http_post(port: int, path: str, body: bytes) -> float:
+def http_post(port: int, path: str, body: bytes, headers: dict[str, str] | None = None) -> float:
     t0 = time.perf_counter()
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+    conn.request("POST", path, body=body, headers={"Content-Type": "application/json", **(headers or {})})
     resp = conn.getresponse()
     resp.read()
     conn.close()

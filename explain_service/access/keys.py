@@ -35,7 +35,19 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Column, Engine, Integer, MetaData, String, Table, delete, insert, select, update
+from sqlalchemy import (
+    Column,
+    Engine,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    delete,
+    insert,
+    inspect,
+    select,
+    update,
+)
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
@@ -242,7 +254,12 @@ class KeyStore:
         if not self._ready:
             with self._lock:
                 if not self._ready:
-                    metadata.create_all(self._engine)
+                    try:
+                        metadata.create_all(self._engine)
+                    except SQLAlchemyError:
+                        # Workers starting together on a new database: another one may have won.
+                        if not inspect(self._engine).has_table(api_keys.name):
+                            raise
                     self._ready = True
         return self._engine
 
