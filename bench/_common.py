@@ -50,7 +50,7 @@ def gunicorn(app_spec: str, *, workers: int = 2, env: dict[str, str] | None = No
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **open_access, **(env or {})})
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180  # model loading is slow on a busy machine
         while True:
             try:
                 with urllib.request.urlopen(base + "/healthz", timeout=1) as r:

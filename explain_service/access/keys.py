@@ -189,9 +189,6 @@ class KeyStore:
             row = conn.execute(select(api_keys).where(api_keys.c.name == name)).first()
         return None if row is None else _key(row)
 
-    def count_active(self) -> int:
-        return sum(1 for k in self.list() if k.active)
-
     # -- the request path -------------------------------------------------------------------------
     def authenticate(self, presented: str) -> ApiKey | None:
         """The active key ``presented`` is, or None; cached per process for at most a second."""
