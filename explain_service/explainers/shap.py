@@ -40,7 +40,7 @@ AGNOSTIC_BACKGROUND = 16
 TREE_PROBABILITY_BACKGROUND = 100
 
 
-COALITION_ROWS = 32_768  # model rows per call on the model-agnostic path
+COALITION_ROWS = 16_384  # model rows per call on the model-agnostic path
 
 
 class ShapOptions(Schema):
