@@ -121,6 +121,7 @@ def _server_env(root: Path, extra: dict[str, str] | None) -> dict[str, str]:
         EXPLAIN_DATABASE_URL=f"sqlite:///{root / 'var' / 'audit.sqlite3'}",
         EXPLAIN_PLOTS_DIR=str(root / "var" / "plots"),
         EXPLAIN_AUTH="off",
+        EXPLAIN_RATELIMIT_DEFAULT="",
         PROMETHEUS_MULTIPROC_DIR=str(root / "var" / "prometheus"),
     )
     env.update(extra or {})

@@ -22,6 +22,7 @@ from explain_service.app import create_app
 from explain_service.errors import ModelNotFound, ModelUnavailable
 from explain_service.registry import ModelRegistry, register_model
 from explain_service.registry.schema import frame_from_records
+from tests.conftest import OPEN_ACCESS
 
 
 def _data(n: int = 80, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
@@ -89,6 +90,7 @@ def _app(models: Path, tmp_path: Path, **settings: Any) -> Any:
             "database_url": f"sqlite:///{tmp_path / 'audit.sqlite3'}",
             "plots_dir": str(tmp_path / "plots"),
             "TESTING": True,
+            **OPEN_ACCESS,
             **settings,
         }
     )
