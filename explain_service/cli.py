@@ -65,9 +65,11 @@ def serve(
     if bool(certfile) != bool(keyfile):
         raise click.ClickException("--certfile and --keyfile go together")
     if settings.request_deadline_seconds >= timeout:
-        raise click.ClickException(
-            f"EXPLAIN_REQUEST_DEADLINE_SECONDS ({settings.request_deadline_seconds:g}) must be below the "
-            f"worker timeout ({timeout}), or a slow request kills its worker"
+        log.warning(
+            "EXPLAIN_REQUEST_DEADLINE_SECONDS (%g) is not below the worker timeout (%d): a slow request "
+            "will be killed with its worker instead of answered 503",
+            settings.request_deadline_seconds,
+            timeout,
         )
     for directory in (Path(settings.plots_dir), Path("var")):
         directory.mkdir(parents=True, exist_ok=True)

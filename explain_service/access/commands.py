@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 
 import click
@@ -11,6 +12,7 @@ from explain_service.access.keys import ROLES, KeyAdminError, KeyStore
 from explain_service.config import Settings
 
 LOOPBACK_NAMES = ("localhost", "ip6-localhost")
+log = logging.getLogger("explain_service.cli")
 
 
 def key_store(database_url: str | None = None) -> KeyStore:
@@ -97,7 +99,7 @@ def prepare_serve(settings: Settings, host: str, port: int, scheme: str) -> None
                 f"EXPLAIN_AUTH=off serves everyone who can reach {host}; it is allowed on a loopback "
                 "address only (127.0.0.1, ::1)"
             )
-        click.echo("EXPLAIN_AUTH=off: no key is checked (loopback only)")
+        log.warning("EXPLAIN_AUTH=off: no key is checked (allowed on loopback only)")
         return
     store = key_store(settings.database_url)
     try:
