@@ -31,9 +31,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from explain_service.api.validation import validate_row_errors
 from explain_service.registry.model import LoadedModel
 from explain_service.registry.schema import Feature
+from explain_service.validation import validate_row_errors
 
 TWO_63 = 2.0**63
 INT64_MIN = np.iinfo(np.int64).min
