@@ -45,7 +45,7 @@ def check_number(value: Any, *, integer: bool, bound: float | None) -> int | flo
     if isinstance(value, OverflowNumber):
         raise ValidationError(OUT_OF_RANGE)
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValidationError("Not a valid integer." if integer else "Not a valid number.")
+        raise ValidationError("Not a valid number.")
     if isinstance(value, float) and not math.isfinite(value):
         raise ValidationError("Not a finite number.")
     if integer:
