@@ -35,8 +35,8 @@ from explain_service.errors import OptionError
 from explain_service.explainers._cf_search import Found, Goal, Rule, Search, Space
 from explain_service.explainers._tabular import background_stats, resolve_seed, row_dicts, samples_background
 from explain_service.explainers.base import ModelLike, seed_option
-from explain_service.registry.model import Rows, frame_of
 from explain_service.fields import StrictBoolean, StrictFloat
+from explain_service.registry.model import Rows, frame_of
 from explain_service.registry.schema import Feature, FeatureSchema
 
 MAX_COUNT = 10

@@ -51,8 +51,8 @@ from explain_service.explainers._tabular import (
     samples_background,
 )
 from explain_service.explainers.base import MAX_SEED, ModelLike, seed_option
-from explain_service.registry.model import Rows, frame_of
 from explain_service.fields import StrictFloat
+from explain_service.registry.model import Rows, frame_of
 
 MAX_NUM_SAMPLES = 20_000
 TOP_K = 5
