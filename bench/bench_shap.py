@@ -91,8 +91,8 @@ def user_code_latency(model, instances: list[dict]) -> list[float]:
 
 def service_compute_latency(model, instances: list[dict]) -> list[float]:
     """The explanation work of one request in process: predict, SHAP, reasons (validated rows in)."""
-    from explain_service.api.validation import validate_instances
     from explain_service.service import ExplainService
+    from explain_service.validation import validate_instances
 
     service = ExplainService()
     samples = []

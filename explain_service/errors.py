@@ -8,6 +8,8 @@ knows its HTTP status and builds its own message from structured arguments::
     ├── Unauthorized (401)                no key, or not a valid one; WWW-Authenticate: Bearer
     ├── Forbidden (403)                   a valid key whose role is too low
     ├── TooManyRequests (429)             a per-key limit or quota; Retry-After
+    ├── BodyTooLarge(limit) (413)
+    ├── UnsupportedMediaType(expected) (415)
     ├── ValidationFailed (422)            errors: {field: [messages]}
     │   └── OptionError(method, option, message)
     │                                     an option this model cannot honour, named
@@ -47,6 +49,18 @@ def status_phrase(status: int) -> str:
     return _PHRASES.get(status) or HTTPStatus(status).phrase
 
 
+MAX_LISTED_ERRORS = 50
+
+
+def cap_errors(errors: dict[str, list[str]], limit: int = MAX_LISTED_ERRORS) -> dict[str, list[str]]:
+    """At most ``limit`` fields of ``errors``, plus ``_more`` saying how many were left out."""
+    if len(errors) <= limit:
+        return errors
+    kept = dict(list(errors.items())[:limit])
+    kept["_more"] = [f"{len(errors) - limit} more fields have errors; the first {limit} are listed."]
+    return kept
+
+
 class ServiceError(Exception):
     """Root of all deliberate errors; ``status`` is the HTTP status to answer with."""
 
@@ -79,7 +93,7 @@ class ServiceError(Exception):
             "message": self.public_message,
         }
         if self.errors:
-            out["errors"] = self.errors
+            out["errors"] = cap_errors(self.errors)
         return out
 
 
@@ -104,6 +118,25 @@ class TooManyRequests(ServiceError):
 
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message, headers={"Retry-After": str(max(1, int(retry_after)))})
+
+
+class BodyTooLarge(ServiceError):
+    status = 413
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"The request body is larger than {limit} bytes", {"_body": [f"At most {limit} bytes."]}
+        )
+
+
+class UnsupportedMediaType(ServiceError):
+    status = 415
+
+    def __init__(self, expected: str, given: str | None) -> None:
+        what = f"not {given!r}" if given else "none was given"
+        super().__init__(
+            f"Content-Type must be {expected} ({what})", {"Content-Type": [f"Must be {expected}."]}
+        )
 
 
 class ValidationFailed(ServiceError):

@@ -84,6 +84,8 @@ class ExplainService:
         for key in raw:
             if key not in self.explainers:
                 errors[f"options.{key}"] = [f"Unknown method; one of {', '.join(self.method_names())}."]
+            elif key not in methods:
+                errors[f"options.{key}"] = ["Options for a method that is not requested in methods."]
         loaded: dict[str, dict[str, Any]] = {}
         for method in methods:
             given = raw.get(method) or {}

@@ -282,11 +282,11 @@ def test_extreme_but_valid_numbers_are_explained(client) -> None:
 def test_fast_validation_agrees_with_the_marshmallow_schema(registry, changes) -> None:
     from marshmallow import ValidationError
 
-    from explain_service.api.validation import _fast_checker, instance_schema
+    from explain_service.validation import fast_checker, instance_schema
 
     model = registry.get("german-credit")
     row = {**GERMAN_ROW, **changes}
-    fast = _fast_checker(model)(row)
+    fast = fast_checker(model)(row)
     try:
         slow = instance_schema(model).load(row)
     except ValidationError:
@@ -296,8 +296,8 @@ def test_fast_validation_agrees_with_the_marshmallow_schema(registry, changes) -
 
 
 def test_numbers_beyond_float_range_are_rejected_not_crashed(registry) -> None:
-    from explain_service.api.validation import validate_instances
     from explain_service.errors import ValidationFailed
+    from explain_service.validation import validate_instances
 
     model = registry.get("diabetes-gbr")
     row = {k: float(v) for k, v in model.background.iloc[0].items()}

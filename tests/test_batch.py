@@ -21,7 +21,6 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from explain_service.api.validation import validate_row_errors
 from explain_service.audit import AuditStore
 from explain_service.batch.command import batch
 from explain_service.batch.engines import ModelBundle
@@ -35,6 +34,7 @@ from explain_service.explainers.shap import ShapExplainer, ShapOptions
 from explain_service.registry.demo import build_demo, german_credit_frame
 from explain_service.registry.schema import Feature, FeatureSchema, frame_from_records
 from explain_service.registry.store import ModelRegistry
+from explain_service.validation import validate_row_errors
 
 ROOT = Path(__file__).resolve().parent.parent
 

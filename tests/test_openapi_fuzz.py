@@ -1,12 +1,24 @@
-"""Requests generated from our own OpenAPI document (schemathesis), with a valid key, never get a 5xx."""
+"""Our own OpenAPI document: generated requests (with a valid key) never get a 5xx; answers match it.
+
+schemathesis drives each operation with requests generated from the document and checks the
+answers against the response schemas it declares; a direct test validates real ``:explain``
+answers (every method, classifier and regressor) with jsonschema against the same document.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
+import jsonschema
+import orjson
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from explain_service.app import create_app
+from tests.conftest import GERMAN_ROW, OPEN_ACCESS
 
 OPERATIONS = [
     "GET /v1/models/{name}",
@@ -55,5 +67,149 @@ def test_generated_requests_never_get_a_server_error(operations, label: str) -> 
     def check(case) -> None:
         response = case.call(headers=bearer(key))
         assert response.status_code < 500, (label, case.path_parameters, case.body, response.text[:300])
+        case.validate_response(response, checks=[not_a_server_error, response_schema_conformance])
 
     check()
+
+
+EXPLAIN_BODY = {
+    "instances": [GERMAN_ROW],
+    "methods": ["shap", "lime", "counterfactual"],
+    "options": {"lime": {"num_samples": 256}, "counterfactual": {"count": 2}},
+}
+KNOWN_GOOD = {
+    "GET /v1/models/{name}": ({"name": "german-credit"}, None),
+    "GET /v1/models/{name}/versions/{version}": ({"name": "diabetes-gbr", "version": "1"}, None),
+    "POST /v1/models/{name}:predict": ({"name": "german-credit"}, {"instances": [GERMAN_ROW]}),
+    "POST /v1/models/{name}/versions/{version}:predict": (
+        {"name": "german-credit", "version": "1"},
+        {"instances": [GERMAN_ROW]},
+    ),
+    "POST /v1/models/{name}:explain": ({"name": "german-credit"}, EXPLAIN_BODY),
+    "POST /v1/models/{name}/versions/{version}:explain": (
+        {"name": "german-credit", "version": "1"},
+        EXPLAIN_BODY,
+    ),
+}
+
+
+@pytest.mark.parametrize("label", list(KNOWN_GOOD))
+def test_successful_answers_conform_to_the_document(operations, label: str) -> None:
+    """Generated requests mostly name no model; these succeed, so their 200 answers get checked."""
+    found, key = operations
+    path_parameters, body = KNOWN_GOOD[label]
+    kwargs = {"body": body, "media_type": "application/json"} if body is not None else {}
+    case = found[label].Case(path_parameters=path_parameters, **kwargs)
+    response = case.call(headers=bearer(key))
+    assert response.status_code == 200, response.text[:300]
+    case.validate_response(response, checks=[not_a_server_error, response_schema_conformance])
+
+
+def as_json_schema(node: Any) -> Any:
+    """An OpenAPI 3.0 schema as JSON Schema: ``nullable: true`` becomes "or null"."""
+    if isinstance(node, list):
+        return [as_json_schema(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {
+        k: (
+            {n: as_json_schema(v) for n, v in node[k].items()}
+            if k == "properties"
+            else as_json_schema(node[k])
+        )
+        for k in node
+        if k != "nullable"
+    }
+    return {"anyOf": [out, {"type": "null"}]} if node.get("nullable") is True else out
+
+
+@pytest.fixture(scope="module")
+def response_validator(client_module):
+    spec = client_module.get("/openapi.json").get_json()
+
+    def validator(path: str, method: str, status: str = "200") -> jsonschema.Validator:
+        schema = spec["paths"][path][method]["responses"][status]["content"]["application/json"]["schema"]
+        root = {**as_json_schema(schema), "components": as_json_schema(spec["components"])}
+        return jsonschema.Draft202012Validator(root)
+
+    return validator
+
+
+@pytest.fixture(scope="module")
+def client_module(demo_models_dir, tmp_path_factory):
+    var = tmp_path_factory.mktemp("answers")
+    app = create_app(
+        {
+            "models_dir": str(demo_models_dir),
+            "database_url": f"sqlite:///{var}/audit.sqlite3",
+            "plots_dir": str(var / "plots"),
+            **OPEN_ACCESS,
+        }
+    )
+    return app.test_client()
+
+
+def _diabetes_row(client) -> dict[str, float]:
+    features = client.get("/v1/models/diabetes-gbr").get_json()["features"]
+    return {f["name"]: (f["min"] + f["max"]) / 2 for f in features}
+
+
+ANSWERS = {
+    "classifier": (
+        "german-credit",
+        lambda client: {
+            "instances": [GERMAN_ROW],
+            "methods": ["shap", "lime", "counterfactual"],
+            "target": "bad",
+            "options": {"lime": {"num_samples": 256, "stability": 2}, "counterfactual": {"count": 2}},
+        },
+    ),
+    "classifier-agnostic": (
+        "wine-mlp",
+        lambda client: {
+            "instances": [
+                {f["name"]: f["min"] for f in client.get("/v1/models/wine-mlp").get_json()["features"]}
+            ],
+            "methods": ["shap", "lime", "counterfactual"],
+            "options": {"shap": {"max_evals": 2000}, "lime": {"num_samples": 256}},
+        },
+    ),
+    "regressor": (
+        "diabetes-gbr",
+        lambda client: {
+            "instances": [_diabetes_row(client)],
+            "methods": ["shap", "lime", "counterfactual"],
+            "options": {"counterfactual": {"desired_range": [0, 1], "count": 3, "time_budget_ms": 50}},
+        },
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", list(ANSWERS))
+def test_real_explain_answers_match_the_openapi_document(client_module, response_validator, kind) -> None:
+    name, body = ANSWERS[kind]
+    r = client_module.post(
+        f"/v1/models/{name}:explain", data=orjson.dumps(body(client_module)), content_type="application/json"
+    )
+    assert r.status_code == 200, r.data[:300]
+    answer = r.get_json()
+    response_validator("/v1/models/{name}:explain", "post").validate(answer)
+    item = answer["explanations"][0]
+    assert {"shap", "lime", "counterfactual", "reasons"} <= set(item)
+    stored = client_module.get(f"/v1/explanations/{item['id']}")
+    assert stored.status_code == 200
+    response_validator("/v1/explanations/{record_id}", "get").validate(stored.get_json())
+
+
+def test_the_document_refuses_what_the_service_does_not_send(response_validator) -> None:
+    """The response schemas are closed: an undeclared or mistyped field fails validation."""
+    validator = response_validator("/v1/models/{name}:explain", "post")
+    base = {"model": {"name": "m", "version": "1", "sha256": "0"}, "explanations": [{"id": "x"}]}
+    validator.validate(base)
+    for bad in (
+        {"lime": {"weights": {"age": "high"}}},
+        {"counterfactual": {"surprise": 1}},
+        {"reasons": [{"feature": 1}]},
+    ):
+        with pytest.raises(jsonschema.ValidationError):
+            validator.validate({**base, "explanations": [{"id": "x", **bad}]})

@@ -1,35 +1,52 @@
-"""The API's routing: a strict JSON parser for blueprints and a URL map that never redirects.
+"""The API's routing: a strict JSON body reader for blueprints and a URL map that never redirects.
 
-The standard library parser accepts ``NaN``/``Infinity`` and fails with a
-RecursionError on deeply nested input; orjson rejects both as invalid JSON,
-which the parser turns into a 400.
+* The body must be declared JSON (``Content-Type: application/json``), else 415.
+* A body longer than ``MAX_CONTENT_LENGTH`` is refused with 413 also when it arrives chunked,
+  without a ``Content-Length``: werkzeug stops reading such a stream at the limit and would hand
+  over the truncated prefix, so one more byte is read to tell "exactly the limit" from "more".
+* Parsing is :func:`explain_service.jsonio.loads_body`: no NaN/Infinity, no repeated keys, no
+  RecursionError on deep nesting; numbers too large for a float reach validation by name.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import flask
 import flask_smorest
-import orjson
 from webargs import core
 from webargs.flaskparser import FlaskParser, is_json_request
 from werkzeug.routing import BaseConverter
+
+from explain_service.errors import BodyTooLarge, UnsupportedMediaType
+from explain_service.jsonio import loads_body
+
+JSON_TYPE = "application/json"
+
+
+def read_body(req: flask.Request) -> bytes:
+    """The whole request body, or :class:`BodyTooLarge` when it exceeds the app's limit."""
+    data = req.get_data(cache=True)
+    limit = req.max_content_length
+    # A chunked body's limited stream ends at the limit; the server's own stream says if more was sent.
+    if (
+        limit is not None
+        and req.content_length is None
+        and len(data) >= limit
+        and req.environ["wsgi.input"].read(1)
+    ):
+        raise BodyTooLarge(limit)
+    return data
 
 
 class StrictJsonParser(FlaskParser):
     def _raw_load_json(self, req: flask.Request) -> Any:
         if not is_json_request(req):
-            return core.missing
-        data = req.get_data(cache=True)
+            raise UnsupportedMediaType(JSON_TYPE, req.mimetype or None)
+        data = read_body(req)
         if not data:
             return core.missing
-        try:
-            return orjson.loads(data)
-        except orjson.JSONDecodeError as exc:
-            # webargs treats an error with an empty ``doc`` as a missing body; this body is not empty.
-            raise json.JSONDecodeError(str(exc), doc=repr(data[:64]), pos=0) from None
+        return loads_body(data)
 
 
 class Blueprint(flask_smorest.Blueprint):

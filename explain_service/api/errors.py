@@ -17,7 +17,7 @@ from flask_smorest import Api
 from werkzeug.exceptions import HTTPException
 
 from explain_service.audit.store import AuditError
-from explain_service.errors import ServiceError, flatten_errors, status_phrase
+from explain_service.errors import ServiceError, cap_errors, flatten_errors, status_phrase
 from explain_service.jsonio import json_response
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 def error_body(status: int, message: str, errors: dict[str, list[str]] | None = None) -> dict[str, Any]:
     body: dict[str, Any] = {"code": status, "status": status_phrase(status), "message": message}
     if errors:
-        body["errors"] = errors
+        body["errors"] = cap_errors(errors)
     return body
 
 

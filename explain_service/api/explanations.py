@@ -10,12 +10,12 @@ from flask.views import MethodView
 from explain_service.access import require_owner
 from explain_service.api import schemas
 from explain_service.api.blueprint import Blueprint
-from explain_service.api.validation import validate_instances
 from explain_service.audit.store import StoredRecord
 from explain_service.errors import ExplanationNotFound, ModelNotFound
 from explain_service.explainers.base import canonical_json
 from explain_service.jsonio import json_response
 from explain_service.service import plot_urls
+from explain_service.validation import validate_instances
 
 blp = Blueprint(
     "explanations",

@@ -10,13 +10,13 @@ from flask.views import MethodView
 from explain_service.access import caller_name, has_role
 from explain_service.api import schemas
 from explain_service.api.blueprint import Blueprint
-from explain_service.api.validation import validate_instances
 from explain_service.errors import ValidationFailed
 from explain_service.explainers.shap import supported_outputs
 from explain_service.jsonio import json_response
 from explain_service.registry.model import LoadedModel, Prepared
 from explain_service.registry.schema import columns_from_records
 from explain_service.service import model_ref
+from explain_service.validation import validate_instances
 
 blp = Blueprint(
     "models", __name__, url_prefix="/v1/models", description="Registered models: describe, predict, explain."

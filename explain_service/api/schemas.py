@@ -1,13 +1,60 @@
-"""Request and response envelopes of the JSON API (the OpenAPI document is built from these)."""
+"""Request and response envelopes of the JSON API (the OpenAPI document is built from these).
+
+Requests are checked here, at the edge: ``options`` holds one object per method, each validated
+by that method's own options schema (strict types: ``"500"`` is not a number), and naming a method
+in ``options`` that ``methods`` does not ask for is an error. The loaded body keeps the options as
+sent (the audit record stores the request, not its defaults). Responses are typed down to each
+method's result, so the document says what every field of an answer is.
+"""
 
 from __future__ import annotations
 
-from marshmallow import Schema, fields, validate
+from typing import Any
 
+from marshmallow import Schema, ValidationError, fields, pre_load, validate
+
+from explain_service.errors import MAX_LISTED_ERRORS
+from explain_service.explainers import EXPLAINERS
 from explain_service.service import METHOD_ORDER
 
 
+class CheckedNested(fields.Nested):
+    """A nested object validated by its schema but loaded as sent (no defaults filled in)."""
+
+    def _deserialize(
+        self, value: Any, attr: str | None, data: Any, partial: Any = None, **kwargs: Any
+    ) -> Any:
+        super()._deserialize(value, attr, data, partial=partial, **kwargs)
+        return value
+
+
+MethodOptions = Schema.from_dict(
+    {
+        name: CheckedNested(
+            EXPLAINERS[name].options_schema,
+            metadata={"description": f"Options of the {name} method."},
+        )
+        for name in METHOD_ORDER
+        if name in EXPLAINERS
+    },
+    name="MethodOptions",
+)
+
+
 class PredictRequest(Schema):
+    @pre_load
+    def _no_unknown_keys(self, data: Any, **_: Any) -> Any:
+        """Unknown top-level keys, listed up to the cap without marshmallow's per-key bookkeeping."""
+        if isinstance(data, dict):
+            unknown = [k for k in data if k not in self.load_fields]
+            if unknown:
+                shown = MAX_LISTED_ERRORS - 1 if len(unknown) > MAX_LISTED_ERRORS else len(unknown)
+                errors: dict[str, Any] = {k: ["Unknown field."] for k in unknown[:shown]}
+                if len(unknown) > shown:
+                    errors["_more"] = [f"{len(unknown) - shown} more unknown fields are not listed."]
+                raise ValidationError(errors)
+        return data
+
     instances = fields.List(
         fields.Raw(),
         required=True,
@@ -24,17 +71,42 @@ class ExplainRequest(PredictRequest):
         load_default=lambda: ["shap"],
         validate=validate.Length(min=1, max=len(METHOD_ORDER)),
     )
-    target = fields.Raw(
+    target = fields.String(
         load_default=None,
         allow_none=True,
         metadata={"description": "Class name to explain (classifiers); default: the predicted class."},
     )
-    options = fields.Dict(
-        keys=fields.String(),
-        values=fields.Dict(),
+    options = CheckedNested(
+        MethodOptions,
         load_default=dict,
-        metadata={"description": 'Per-method options, e.g. {"shap": {"output": "probability"}}.'},
+        metadata={"description": 'Per requested method, e.g. {"shap": {"output": "probability"}}.'},
     )
+
+    @pre_load
+    def _options_name_requested_methods(self, data: Any, **_: Any) -> Any:
+        """Options for a method that is not asked are refused before anything in them is read."""
+        if not isinstance(data, dict) or not isinstance(data.get("options"), dict):
+            return data
+        methods = data.get("methods", ["shap"])
+        if not isinstance(methods, list):
+            return data
+        extra = [name for name in data["options"] if name in METHOD_ORDER and name not in methods]
+        if extra:
+            message = "Options for a method that is not requested in methods."
+            raise ValidationError({"options": {name: [message] for name in extra}})
+        return data
+
+
+class FeatureValue(fields.Raw):
+    """A feature's value: a number, a string (category) or a boolean, as the model's schema says."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        meta = {"oneOf": [{"type": "number"}, {"type": "string"}, {"type": "boolean"}]}
+        super().__init__(metadata={**meta, **kwargs.pop("metadata", {})}, **kwargs)
+
+
+def _per_feature(description: str) -> fields.Dict:
+    return fields.Dict(keys=fields.String(), values=fields.Float(), metadata={"description": description})
 
 
 class ModelRefSchema(Schema):
@@ -49,25 +121,86 @@ class PredictionSchema(Schema):
     value = fields.Float()
 
 
+class ShapParams(Schema):
+    background_sha256 = fields.String(allow_none=True)
+    background_size = fields.Integer()
+    max_evals = fields.Integer()
+    evaluations = fields.Integer()
+    permutations = fields.Integer()
+    seed = fields.Integer()
+
+
 class ShapSchema(Schema):
-    target = fields.String(allow_none=True)
-    output = fields.String(metadata={"description": "log_odds, probability or raw"})
+    target = fields.String(allow_none=True, metadata={"description": "Class explained; null for regressors."})
+    output = fields.String(validate=validate.OneOf(["log_odds", "probability", "raw"]))
     base_value = fields.Float()
-    values = fields.Dict(
-        keys=fields.String(), values=fields.Float(), metadata={"description": "Per input feature."}
-    )
+    values = _per_feature("Per input feature (one-hot columns summed back).")
     additivity_residual = fields.Float(metadata={"description": "output - base_value - sum(values)"})
-    algorithm = fields.String()
-    params = fields.Dict()
+    algorithm = fields.String(metadata={"description": "The path taken, e.g. xgboost_tree_path_dependent."})
+    params = fields.Nested(ShapParams)
+
+
+class LimeStability(Schema):
+    seeds = fields.Integer()
+    top_k = fields.Integer()
+    top_k_jaccard = fields.Float(
+        metadata={"description": "Mean pairwise Jaccard index of the top-k features."}
+    )
+
+
+class LimeSchema(Schema):
+    target = fields.String(allow_none=True, metadata={"description": "Class explained; null for regressors."})
+    intercept = fields.Float()
+    weights = _per_feature("Surrogate slopes per input feature.")
+    contributions = _per_feature("What each feature's value adds compared with an average background row.")
+    score = fields.Float(metadata={"description": "Weighted local R² of the surrogate."})
+    prediction_local = fields.Float()
+    seed = fields.Integer()
+    num_samples = fields.Integer()
+    stability = fields.Nested(LimeStability)
+
+
+class ChangeSchema(Schema):
+    from_ = FeatureValue(data_key="from")
+    to = FeatureValue()
+
+
+class CounterfactualItem(Schema):
+    instance = fields.Dict(keys=fields.String(), values=FeatureValue())
+    changes = fields.Dict(keys=fields.String(), values=fields.Nested(ChangeSchema))
+    prediction = fields.Nested(PredictionSchema)
+
+
+class CounterfactualMetrics(Schema):
+    validity = fields.Float(allow_none=True)
+    sparsity = fields.Float(allow_none=True)
+    proximity = fields.Float(allow_none=True)
+    diversity = fields.Float(allow_none=True)
+
+
+class CounterfactualSchema(Schema):
+    target = fields.String(allow_none=True, metadata={"description": "Class aimed at; null for regressors."})
+    desired_range = fields.List(fields.Float(), validate=validate.Length(equal=2))
+    counterfactuals = fields.List(fields.Nested(CounterfactualItem))
+    metrics = fields.Nested(CounterfactualMetrics)
+    seed = fields.Integer()
+    message = fields.String(metadata={"description": "Why fewer counterfactuals than asked came back."})
+
+
+class ReasonSchema(Schema):
+    feature = fields.String()
+    value = FeatureValue()
+    contribution = fields.Float()
+    text = fields.String()
 
 
 class ExplanationSchema(Schema):
     id = fields.String()
     prediction = fields.Nested(PredictionSchema)
     shap = fields.Nested(ShapSchema)
-    lime = fields.Dict()
-    counterfactual = fields.Dict()
-    reasons = fields.List(fields.Dict())
+    lime = fields.Nested(LimeSchema)
+    counterfactual = fields.Nested(CounterfactualSchema)
+    reasons = fields.List(fields.Nested(ReasonSchema))
     plots = fields.Dict(keys=fields.String(), values=fields.String())
 
 

@@ -31,12 +31,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from explain_service.api.validation import validate_row_errors
 from explain_service.registry.model import LoadedModel
-from explain_service.registry.schema import Feature
+from explain_service.registry.schema import INTEGER_BOUND, NUMERIC_BOUND, Feature
+from explain_service.validation import validate_row_errors
 
-TWO_63 = 2.0**63
-INT64_MIN = np.iinfo(np.int64).min
 INT64_MAX = np.iinfo(np.int64).max
 TRUE_TEXT = "true"
 FALSE_TEXT = "false"
@@ -169,13 +167,16 @@ def check_column(feature: Feature, decoded: Decoded) -> tuple[np.ndarray, np.nda
     if feature.kind == "numeric":
         if decoded.integral_dtype:
             return is_number, values.astype(np.float64)
-        ok = is_number & np.isfinite(values)
+        with np.errstate(invalid="ignore"):
+            ok = is_number & (np.abs(values) <= NUMERIC_BOUND)
         return ok, np.where(ok, values, 0.0)
     if decoded.integral_dtype:
-        ok = is_number & (values != INT64_MIN)
+        ok = is_number & (values >= -INTEGER_BOUND) & (values <= INTEGER_BOUND)
         return ok, np.where(ok, values, 0).astype(np.int64)
     with np.errstate(invalid="ignore"):
-        ok = is_number & np.isfinite(values) & (np.floor(values) == values) & (np.abs(values) < TWO_63)
+        ok = (
+            is_number & np.isfinite(values) & (np.floor(values) == values) & (np.abs(values) <= INTEGER_BOUND)
+        )
     typed = np.zeros(n, dtype=np.int64)
     typed[ok] = values[ok].astype(np.int64)
     return ok, typed

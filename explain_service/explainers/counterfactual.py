@@ -36,6 +36,7 @@ from explain_service.errors import OptionError
 from explain_service.explainers._cf_search import Found, Goal, Rule, Search, Space
 from explain_service.explainers._tabular import background_stats, resolve_seed, row_dicts, samples_background
 from explain_service.explainers.base import ModelLike, seed_option
+from explain_service.fields import StrictBoolean, StrictFloat
 from explain_service.registry.model import Rows, frame_of
 from explain_service.registry.schema import Feature, FeatureSchema
 
@@ -51,13 +52,13 @@ def _check_pair(value: list[float] | None, name: str) -> None:
 class ConstraintOptions(Schema):
     """A per-feature constraint in a request; keys left out keep the manifest's value."""
 
-    mutable = fields.Boolean()
+    mutable = StrictBoolean()
     direction = fields.String(
         allow_none=True,
         validate=validate.OneOf(["increase", "decrease"], error="direction must be one of {choices}."),
     )
     range = fields.List(
-        fields.Float(),
+        StrictFloat(),
         allow_none=True,
         validate=validate.Length(equal=2, error="range must be [low, high]."),
     )
@@ -76,7 +77,7 @@ class CounterfactualOptions(Schema):
         validate=validate.Range(min=1, max=MAX_COUNT, error="count must be between {min} and {max}."),
     )
     desired_range = fields.List(
-        fields.Float(),
+        StrictFloat(),
         allow_none=True,
         load_default=None,
         validate=validate.Length(equal=2, error="desired_range must be [low, high]."),

@@ -52,6 +52,7 @@ from explain_service.explainers._tabular import (
     samples_background,
 )
 from explain_service.explainers.base import MAX_SEED, ModelLike, seed_option
+from explain_service.fields import StrictFloat
 from explain_service.registry.model import Rows, frame_of
 
 MAX_NUM_SAMPLES = 20_000
@@ -70,19 +71,19 @@ class LimeOptions(Schema):
         ),
         metadata={"description": "Neighbourhood size; powers of two suit the Sobol sampler best."},
     )
-    width = fields.Float(
+    width = StrictFloat(
         load_default=0.5,
         validate=validate.Range(min=0.05, max=5.0, error="width must be between {min} and {max}."),
         metadata={"description": "Numeric perturbation scale, in background standard deviations."},
     )
-    change_probability = fields.Float(
+    change_probability = StrictFloat(
         load_default=0.5,
         validate=validate.Range(
             min=0.05, max=0.95, error="change_probability must be between {min} and {max}."
         ),
         metadata={"description": "Chance that a sample switches a categorical or boolean feature."},
     )
-    kernel_width = fields.Float(
+    kernel_width = StrictFloat(
         allow_none=True,
         load_default=None,
         validate=validate.Range(min=0.01, max=100.0, error="kernel_width must be between {min} and {max}."),

@@ -20,6 +20,22 @@ FeatureKind = Literal["numeric", "integer", "categorical", "boolean"]
 FEATURE_KINDS: tuple[str, ...] = ("numeric", "integer", "categorical", "boolean")
 Direction = Literal["increase", "decrease"]
 
+# The values a model is given exactly, whatever its library: scikit-learn trees and XGBoost read
+# their input as float32, so a larger number becomes infinity; every integer a float64 holds
+# exactly lies within 2**53, and past it a cast silently changes the value (2**63 - 1 becomes
+# 2**63, which wraps to -2**63 when cast back to int64).
+NUMERIC_BOUND = float(np.finfo(np.float32).max)
+INTEGER_BOUND = 2**53
+
+
+def value_bound(kind: str) -> float | None:
+    """Largest magnitude a feature of ``kind`` may take (None for categorical and boolean)."""
+    if kind == "numeric":
+        return NUMERIC_BOUND
+    if kind == "integer":
+        return INTEGER_BOUND
+    return None
+
 
 @dataclass(frozen=True)
 class Feature:
@@ -160,11 +176,15 @@ def infer_feature(name: str, column: pd.Series) -> Feature:
     if pd.api.types.is_bool_dtype(dtype):
         return Feature(name, "boolean")
     if pd.api.types.is_integer_dtype(dtype):
+        if max(abs(int(column.min())), abs(int(column.max()))) > INTEGER_BOUND:
+            raise ValueError(f"background column {name!r} has integers beyond +/-2**53")
         return Feature(name, "integer", min=_as_number(column.min()), max=_as_number(column.max()))
     if pd.api.types.is_float_dtype(dtype):
         values = column.to_numpy(dtype=float)
         if not np.isfinite(values).all():
             raise ValueError(f"background column {name!r} has non-finite values")
+        if np.abs(values).max(initial=0.0) > NUMERIC_BOUND:
+            raise ValueError(f"background column {name!r} has values beyond the float32 range")
         return Feature(name, "numeric", min=_as_number(values.min()), max=_as_number(values.max()))
     categories = sorted({str(v) for v in column.tolist()})
     return Feature(name, "categorical", categories=tuple(categories))
