@@ -242,6 +242,15 @@ class ModelDescription(Schema):
     constraints = fields.Dict()
     methods = fields.List(fields.String())
     shap_outputs = fields.List(fields.String())
+    estimator = fields.String(metadata={"description": "The estimator's class"})
+    shap_path = fields.String(metadata={"description": "The SHAP path this model takes"})
+    transform_path = fields.String(metadata={"description": "How rows are transformed before the model"})
+    created_at = fields.String()
+    libraries = fields.Dict(
+        keys=fields.String(),
+        values=fields.String(),
+        metadata={"description": "Library versions at registration (review and admin keys only)"},
+    )
 
 
 class ModelList(Schema):
