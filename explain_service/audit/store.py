@@ -511,7 +511,9 @@ class AuditStore:
             return
         state = "is gone" if current is None else "is another file than the one opened"
         detail = f"the database file {self._path} {state} (removed or replaced while in use)"
-        log.error("audit store: %s; appends are refused until the service restarts", detail)
+        log.error(
+            "audit store: %s; appends are refused until the file is back or the service restarts", detail
+        )
         raise AuditWriteError(
             "the database file was removed or replaced while the service was running", detail=detail
         )
