@@ -12,6 +12,8 @@ import io
 import logging
 import os
 import shutil
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -508,3 +510,56 @@ def test_error_bodies_do_not_show_the_sqlite_path(demo_models_dir: Path, tmp_pat
 
     assert answer.status_code == 503 and str(tmp_path) not in answer.get_data(as_text=True)
     assert "cannot create the directory" in answer.get_json()["message"]
+
+
+# -- the same, through gunicorn -----------------------------------------------------------------------
+
+
+def _post(port: int, body: dict[str, Any]) -> int:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/models/german-credit:explain",
+        data=orjson.dumps(body),
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
+
+
+@pytest.mark.slow
+def test_gunicorn_refuses_answers_after_rm_rf_and_a_restart_is_caught(
+    demo_models_dir: Path, tmp_path: Path, sqlite_url: str
+) -> None:
+    from tests.test_audit_api import _serve
+
+    export, models = tmp_path / "earlier.jsonl", tmp_path / "models"
+    shutil.copytree(demo_models_dir / "german-credit", models / "german-credit")  # boots faster
+    proc, port = _serve(sqlite_url, models, tmp_path / "plots", workers=2)
+    try:
+        before = [_post(port, {"instances": [GERMAN_ROW]}) for _ in range(4)]
+        runner = CliRunner()
+        assert (
+            runner.invoke(
+                main, ["audit", "export", "--database-url", sqlite_url, "-o", str(export)]
+            ).exit_code
+            == 0
+        )
+        shutil.rmtree(sqlite_file(sqlite_url).parent)
+        after = [_post(port, {"instances": [GERMAN_ROW]}) for _ in range(6)]  # both workers answer
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    proc, port = _serve(sqlite_url, models, tmp_path / "plots", workers=2)  # a new, empty store
+    try:
+        restarted = _post(port, {"instances": [GERMAN_ROW]})
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    verified = runner.invoke(
+        main, ["audit", "verify", "--database-url", sqlite_url, "--previous-export", str(export)]
+    )
+
+    assert before == [200] * 4 and after == [503] * 6 and restarted == 200
+    assert verified.exit_code == 1 and "RESTARTED" in verified.output
