@@ -99,7 +99,7 @@ def test_removing_the_sqlite_directory_while_serving_refuses_answers(
     answer = explain(client, {"instances": [GERMAN_ROW]})
 
     assert answer.status_code == 503, answer.get_json()
-    assert "removed or replaced" in answer.get_json()["message"]
+    assert "audit record could not be written" in answer.get_json()["message"]
     assert str(tmp_path) not in answer.get_data(as_text=True)
     with pytest.raises(AuditUnavailableError, match="removed or replaced"):
         app.extensions["explain"].audit.check_writable()
@@ -509,7 +509,9 @@ def test_error_bodies_do_not_show_the_sqlite_path(demo_models_dir: Path, tmp_pat
     answer = explain(client, {"instances": [GERMAN_ROW]})
 
     assert answer.status_code == 503 and str(tmp_path) not in answer.get_data(as_text=True)
-    assert "cannot create the directory" in answer.get_json()["message"]
+    with pytest.raises(AuditWriteError, match="cannot create the directory") as caught:
+        AuditStore(url).append([entry(0)])
+    assert str(tmp_path) not in str(caught.value) and str(tmp_path) in caught.value.detail
 
 
 # -- the same, through gunicorn -----------------------------------------------------------------------
