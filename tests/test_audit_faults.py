@@ -119,6 +119,18 @@ def test_a_database_file_replaced_under_the_store_is_refused(sqlite_url: str) ->
             assert reopened.count() == 1  # nothing went into the unlinked file
 
 
+def test_a_store_never_makes_a_new_file_where_one_was_when_it_was_made(sqlite_url: str) -> None:
+    """A gunicorn worker makes its store at boot and may first use it after the file is gone."""
+    with AuditStore(sqlite_url) as first:
+        fill(first, 1)
+    late = AuditStore(sqlite_url)
+    shutil.rmtree(sqlite_file(sqlite_url).parent)
+
+    with pytest.raises(AuditWriteError, match="removed or replaced"):
+        late.append([entry(1)])
+    assert late.ping() is False and not sqlite_file(sqlite_url).parent.exists()
+
+
 def test_a_database_moved_away_and_back_is_written_again(sqlite_url: str) -> None:
     with AuditStore(sqlite_url) as running:
         fill(running, 2)

@@ -179,6 +179,8 @@ class AuditStore:
             if self.url.database in (None, "", ":memory:") or self.url.query.get("mode") == "memory":
                 raise ValueError("the audit store needs a SQLite file, not an in-memory database")
             self._path = sqlite_path(self.url)
+            if self._path is not None:  # a file there now is the one to write: never make another
+                self._identity = identity(self._path)
             self._engine = sqlite_engine(self.url, timeout, durability)
             if self._path is not None:
                 track_identity(self._engine, self._path)
@@ -477,6 +479,10 @@ class AuditStore:
             if self._schema_ready:
                 return
             try:
+                if self._identity is not None and identity(str(self._path)) != self._identity:
+                    raise self._replaced(
+                        "is gone or another file than when the store was made", AuditUnavailableError
+                    )
                 if self.create:
                     self._make_directory()
                 else:
@@ -492,7 +498,7 @@ class AuditStore:
                 raise AuditUnavailableError("the database holds no audit trail", detail=repr(self))
             if version > SCHEMA_VERSION:
                 raise AuditUnavailableError(f"schema version {version} is newer than {SCHEMA_VERSION}")
-            if self._path is not None:
+            if self._path is not None and self._identity is None:
                 self._identity = identity(self._path)
             self._schema_ready = True
 
@@ -509,14 +515,17 @@ class AuditStore:
         opened, current = connection_identity(conn.info), identity(self._path)
         if current is not None and current == opened == self._identity:
             return
-        state = "is gone" if current is None else "is another file than the one opened"
+        raise self._replaced("is gone" if current is None else "is another file than the one opened")
+
+    def _replaced(
+        self, state: str, kind: type[AuditWriteError | AuditUnavailableError] = AuditWriteError
+    ) -> AuditError:
+        """The error for a SQLite file removed or replaced under the store (``state`` says how)."""
         detail = f"the database file {self._path} {state} (removed or replaced while in use)"
         log.error(
             "audit store: %s; appends are refused until the file is back or the service restarts", detail
         )
-        raise AuditWriteError(
-            "the database file was removed or replaced while the service was running", detail=detail
-        )
+        return kind("the database file was removed or replaced while the service was running", detail=detail)
 
     def _failure(self, kind: type[AuditWriteError | AuditUnavailableError], exc: Exception) -> AuditError:
         """``kind`` for a driver error: a client-safe reason, the driver's words logged and kept as detail."""
