@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, NoReturn
 
 import click
 
@@ -201,10 +204,49 @@ def audit() -> None:
     """The tamper-evident audit trail."""
 
 
-def _store(database_url: str | None):  # type: ignore[no-untyped-def]
+def _store(database_url: str | None) -> Any:
+    """The audit store to read: never created, migrated or written by a read command."""
+    from sqlalchemy.exc import ArgumentError
+
     from explain_service.audit.store import AuditStore
 
-    return AuditStore(database_url or Settings.from_env().database_url)
+    try:
+        return AuditStore(database_url or Settings.from_env().database_url, create=False)
+    except (ArgumentError, ValueError) as exc:
+        _cannot_read(exc)
+
+
+def _cannot_read(exc: Exception) -> NoReturn:
+    """Exit 2: the store could not be read, so nothing was checked."""
+    detail = getattr(exc, "detail", "")
+    click.echo(f"error: {exc}" + (f" ({detail})" if detail else ""), err=True)
+    sys.exit(2)
+
+
+def _hex(length: int, what: str) -> Callable[[click.Context, click.Parameter, str | None], str | None]:
+    def check(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(f"[0-9a-f]{{{length}}}", value):
+            raise click.BadParameter(f"{what} is {length} lowercase hex characters, not {value!r}")
+        return value
+
+    return check
+
+
+def _trailer(path: str) -> dict[str, Any]:
+    """The trailer of an export file (its last line)."""
+    import orjson
+
+    with open(path, "rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        handle.seek(max(0, handle.tell() - 4096))
+        lines = handle.read().splitlines()
+    try:
+        trailer = orjson.loads(lines[-1])["trailer"] if lines else None
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        trailer = None
+    if not isinstance(trailer, dict) or not isinstance(trailer.get("head_hash"), str):
+        raise click.BadParameter(f"{path} does not end in an export trailer", param_hint="--previous-export")
+    return trailer
 
 
 @audit.command("verify")
@@ -214,19 +256,59 @@ def _store(database_url: str | None):  # type: ignore[no-untyped-def]
 @click.option(
     "--expected-head",
     default=None,
+    callback=_hex(64, "a head hash"),
     help="head hash kept elsewhere (e.g. from an export): also catches deleted newest records",
 )
-def audit_verify(database_url: str | None, expected_head: str | None) -> None:
-    """Walk the hash chain; exit 1 naming the first record that was edited, deleted or reordered."""
+@click.option(
+    "--expected-genesis",
+    default=None,
+    callback=_hex(32, "a chain id"),
+    help="chain id kept elsewhere (e.g. from an export): also catches a store that started afresh",
+)
+@click.option(
+    "--previous-export",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="an earlier export: its trailer's head and chain id are expected",
+)
+def audit_verify(
+    database_url: str | None,
+    expected_head: str | None,
+    expected_genesis: str | None,
+    previous_export: str | None,
+) -> None:
+    """Walk the hash chain from its genesis.
+
+    Exit 0 when it verifies, 1 naming the first record that was edited, deleted, reordered or inserted
+    (or a chain that restarted, or an expected head it does not hold), 2 when the store cannot be read.
+    """
     from explain_service.audit.store import AuditError
 
+    if previous_export is not None:
+        trailer = _trailer(previous_export)
+        expected_head = expected_head or trailer["head_hash"]
+        genesis = trailer.get("genesis")
+        if expected_genesis is None and isinstance(genesis, dict):
+            expected_genesis = genesis.get("chain_id")
     try:
-        report = _store(database_url).verify(expected_head=expected_head)
+        report = _store(database_url).verify(expected_head=expected_head, expected_genesis=expected_genesis)
     except AuditError as exc:
-        raise click.ClickException(str(exc)) from None
+        _cannot_read(exc)
+    chain = f"chain {report.chain_id}" if report.chain_id else "a chain from before genesis records"
     if report.ok:
-        click.echo(f"ok: {report.checked} records, head {report.head_hash} (seq {report.head_seq})")
+        click.echo(f"ok: {report.checked} records, head {report.head_hash} (seq {report.head_seq}), {chain}")
         return
+    if report.reason == "head_not_found":
+        click.echo(f"NOT VERIFIED: the expected head {expected_head} is not in {chain}", err=True)
+        click.echo(
+            f"its {report.checked} records verify, head {report.head_hash} (seq {report.head_seq}); "
+            "either records after it were deleted, or the expected head was mistyped or is of another chain",
+            err=True,
+        )
+        sys.exit(1)
+    if report.reason == "restarted":
+        click.echo(f"RESTARTED: {report.detail}", err=True)
+        sys.exit(1)
     click.echo(
         f"BROKEN at seq {report.first_bad_seq} (record {report.first_bad_id or 'missing'}): {report.reason}"
         + (f" - {report.detail}" if report.detail else ""),
@@ -242,19 +324,25 @@ def audit_verify(database_url: str | None, expected_head: str | None) -> None:
     "-o", "--output", type=click.Path(dir_okay=False, writable=True), default="-", show_default=True
 )
 def audit_export(database_url: str | None, output: str) -> None:
-    """Write every record as JSON Lines (with a trailer holding the head hash)."""
+    """Write every record as JSON Lines, with a trailer holding the head hash and the chain's genesis.
+
+    Exit 2, writing nothing, when the store cannot be read.
+    """
     from explain_service.audit.store import AuditError
 
+    store = _store(database_url)
     try:
+        genesis = store.genesis()  # opens the store before an output file is made
         if output == "-":
-            head = _store(database_url).export(sys.stdout.buffer)
+            head = store.export(sys.stdout.buffer)
             sys.stdout.buffer.flush()
         else:
             with open(output, "wb") as fh:
-                head = _store(database_url).export(fh)
+                head = store.export(fh)
     except AuditError as exc:
-        raise click.ClickException(str(exc)) from None
-    click.echo(f"head {head}", err=True)
+        _cannot_read(exc)
+    chain = f", chain {genesis.chain_id}" if genesis is not None else ""
+    click.echo(f"head {head}{chain}", err=True)
 
 
 main.add_command(batch)

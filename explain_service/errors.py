@@ -14,6 +14,7 @@ knows its HTTP status and builds its own message from structured arguments::
     │   └── OptionError(method, option, message)
     │                                     an option this model cannot honour, named
     │                                     ``options.<method>.<option>``; raised by explainers
+    ├── PayloadTooLarge (413)             errors: {field: [messages]}
     ├── NotFound (404)
     │   ├── ModelNotFound(name, version)
     │   └── ExplanationNotFound(id)
@@ -162,6 +163,12 @@ class OptionError(ValidationFailed):
         self.option = option
         self.field = f"options.{method}.{option}"
         super().__init__({self.field: [message]}, f"{self.field}: {message}")
+
+
+class PayloadTooLarge(ServiceError):
+    """The request, or what it would store, is larger than allowed; the field names the part."""
+
+    status = 413
 
 
 class NotFound(ServiceError):

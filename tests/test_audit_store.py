@@ -122,7 +122,9 @@ def test_append_then_get_round_trips(store: AuditStore) -> None:
     assert store.get(first.id) == first
     assert store.get(second.id) == second
     assert (first.seq, second.seq) == (1, 2)
-    assert first.prev_hash == GENESIS_HASH and second.prev_hash == first.hash
+    genesis = store.genesis()
+    assert genesis is not None and first.prev_hash == genesis.hash != GENESIS_HASH
+    assert second.prev_hash == first.hash
     assert first.body == entry(0).body and first.caller == "loan-origination" and second.caller is None
     assert first.created_at.tzinfo is not None and first.created_at.utcoffset() == timedelta(0)
     assert first.to_dict()["created_at"].endswith("+00:00") and len(first.to_dict()["created_at"]) == 32
@@ -361,15 +363,18 @@ def test_canonical_json_agrees_with_the_explainers() -> None:
 
 
 def test_verify_accepts_a_clean_chain(store: AuditStore) -> None:
+    genesis = store.genesis()
+    assert genesis is not None
     assert store.verify().to_dict() == {
         "ok": True,
         "checked": 0,
         "head_seq": 0,
-        "head_hash": GENESIS_HASH,
+        "head_hash": genesis.hash,
         "first_bad_seq": None,
         "first_bad_id": None,
         "reason": None,
         "detail": "",
+        "chain_id": genesis.chain_id,
     }
     stored = fill(store, 7)
 
@@ -461,7 +466,7 @@ def test_deleting_the_newest_record_shows_only_against_a_kept_head(url: str, sto
     assert store.verify().ok  # a shorter chain is valid on its own
     report = store.verify(expected_head=kept_head)
 
-    assert (report.ok, report.reason, report.first_bad_seq) == (False, "deleted", 5)
+    assert (report.ok, report.reason, report.first_bad_seq) == (False, "head_not_found", 5)
     assert report.checked == 4
 
 
@@ -561,8 +566,16 @@ def test_export_round_trips(store: AuditStore) -> None:
     lines = out.getvalue().splitlines()
     assert len(lines) == 7
     assert [orjson.loads(line) for line in lines[:-1]] == [record.to_dict() for record in stored]
+    genesis = store.genesis()
+    assert genesis is not None
     assert orjson.loads(lines[-1]) == {
-        "trailer": {"format": "explain-service.audit/1", "count": 6, "head_seq": 6, "head_hash": head}
+        "trailer": {
+            "format": "explain-service.audit/2",
+            "count": 6,
+            "genesis": genesis.to_dict(),
+            "head_seq": 6,
+            "head_hash": head,
+        }
     }
     assert head == store.verify().head_hash == stored[-1].hash
     out.seek(0)
@@ -572,10 +585,13 @@ def test_export_round_trips(store: AuditStore) -> None:
 def test_export_of_an_empty_store_has_only_the_trailer(store: AuditStore) -> None:
     out = io.BytesIO()
 
-    assert store.export(out) == GENESIS_HASH
+    genesis = store.genesis()
+    assert genesis is not None and store.export(out) == genesis.hash
     assert out.getvalue().count(b"\n") == 1
     out.seek(0)
-    assert verify_export(out).ok
+    assert verify_export(out) == store.verify()
+    out.seek(0)
+    assert verify_export(out, expected_head=genesis.hash, expected_genesis=genesis.chain_id).ok
 
 
 def _edit_body(lines: list[bytes]) -> list[bytes]:

@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from explain_service.audit.chain import GENESIS_HASH, VerifyReport, new_record_id
+from explain_service.audit.chain import GENESIS_HASH, Genesis, VerifyReport, new_record_id
 from explain_service.audit.jsonl import verify_export
 from explain_service.audit.store import (
     AuditEntry,
@@ -15,6 +15,7 @@ from explain_service.audit.store import (
     AuditUnavailableError,
     AuditWriteError,
     RecordNotFound,
+    RecordTooLarge,
     StoredRecord,
 )
 
@@ -25,7 +26,9 @@ __all__ = [
     "AuditStore",
     "AuditUnavailableError",
     "AuditWriteError",
+    "Genesis",
     "RecordNotFound",
+    "RecordTooLarge",
     "StoredRecord",
     "VerifyReport",
     "new_record_id",

@@ -34,6 +34,7 @@ Durability (``AuditStore(url, durability=...)``):
 
 from __future__ import annotations
 
+import os
 import random
 import sqlite3
 import time
@@ -48,12 +49,19 @@ from sqlalchemy.engine import URL
 from sqlalchemy.pool import PoolProxiedConnection
 
 from explain_service.audit.chain import RawRecord, utc_text
-from explain_service.audit.schema import CHAIN_LOCK_KEY, HEAD, NAMES, head_row, row_values
+from explain_service.audit.schema import CHAIN_LOCK_KEY, GENESIS_START, HEAD, NAMES, row_values
 
 Durability = Literal["full", "os"]
 _IMMEDIATE = "audit_begin_immediate"  # execution option: begin the transaction with BEGIN IMMEDIATE
 
 PG_APPEND = "SELECT * FROM audit_append(%b)"  # %b: a binary array, nothing to escape
+# What an append needs of the server and of the session it runs in, in one round trip.
+PG_WRITABLE = (
+    "SELECT pg_is_in_recovery(), current_setting('transaction_read_only') = 'on', "
+    "has_table_privilege('audit_records', 'INSERT'), "
+    "has_function_privilege('audit_append(text[])', 'EXECUTE')"
+)
+MIN_FREE_BYTES = 8 * 1024 * 1024  # below this, a SQLite store reports itself not writable
 _SQLITE_INSERT = f"INSERT INTO audit_records ({', '.join(NAMES)}) VALUES ({', '.join('?' * len(NAMES))})"
 
 
@@ -167,7 +175,13 @@ def append_sqlite(conn: PoolProxiedConnection, prepared: list[RawRecord]) -> lis
         # If anything fails, closing hands the connection back to the pool, whose reset rolls back.
         cursor = conn.cursor()
         cursor.execute("BEGIN IMMEDIATE")
-        seq, prev_hash = head_row(cursor.execute(HEAD).fetchone())
+        head = cursor.execute(HEAD).fetchone()
+        if head is None:  # the first record follows the chain's genesis
+            start = cursor.execute(GENESIS_START).fetchone()
+            if start is None:
+                raise sqlite3.IntegrityError("the audit database has no genesis row")
+            head = (0, start[0])
+        seq, prev_hash = int(head[0]), str(head[1])
         created_at = utc_text(datetime.now(UTC))
         sealed: list[RawRecord] = []
         for raw in prepared:
@@ -179,6 +193,41 @@ def append_sqlite(conn: PoolProxiedConnection, prepared: list[RawRecord]) -> lis
     finally:
         conn.close()
     return sealed
+
+
+def sqlite_not_writable(conn: PoolProxiedConnection, path: str | None) -> str | None:
+    """Why an append on ``conn`` would fail now (a full disk, a read-only database), or None.
+
+    Begins a write transaction and inserts nothing into the records table, then rolls back: a
+    read-only file, directory or connection refuses the insert; a writer holding the lock makes it wait
+    up to the busy timeout, as an append would.
+    """
+    if path is not None:
+        try:
+            disk = os.statvfs(os.path.dirname(os.path.abspath(path)))
+        except OSError as exc:
+            return f"the database's directory cannot be read ({exc.strerror})"
+        if disk.f_bavail * disk.f_frsize < MIN_FREE_BYTES:
+            return "the disk holding the database is full"
+    cursor = conn.cursor()
+    cursor.execute("BEGIN IMMEDIATE")
+    try:
+        cursor.execute("INSERT INTO audit_records SELECT * FROM audit_records WHERE 0")
+    finally:
+        cursor.execute("ROLLBACK")
+    return None
+
+
+def postgresql_not_writable(row: Any) -> str | None:
+    """Why an append would fail now, from the answer to :data:`PG_WRITABLE`; None if it would not."""
+    standby, read_only, may_insert, may_append = row
+    if standby:
+        return "the database is a read-only standby"
+    if read_only:
+        return "the database session is read-only"
+    if not (may_insert and may_append):
+        return "the service's database role may not append audit records"
+    return None
 
 
 def postgresql_entries(prepared: list[RawRecord]) -> list[list[str | None]]:

@@ -2,16 +2,21 @@
 
 Nothing here touches a database; :mod:`.store` and :mod:`.jsonl` feed rows in.
 
-Every record seals the one before it::
+Every record seals the one before it, back to the chain's genesis::
 
-    GENESIS_HASH ("0" * 64)
-        │
+    genesis  {"chain_id": 32 random hex, "created_at": when the store was made}
+        │    hash₀ = sha256(canonical_json({"chain_id", "created_at", "format": CHAIN_FORMAT}))
         ▼
-    seq 1   hash₁ = sha256(GENESIS_HASH ‖ canonical_json(envelope₁))
+    seq 1   hash₁ = sha256(hash₀ ‖ canonical_json(envelope₁))
         │
         ▼
     seq 2   hash₂ = sha256(hash₁ ‖ canonical_json(envelope₂))
         ⋮
+
+A chain made before genesis records existed (``explain-service.audit/1``) starts at
+:data:`GENESIS_HASH` (``"0" * 64``) instead; it is given a genesis whose ``hash`` is that value, so
+every chain has an id. A store that silently starts afresh (its file deleted and made again) starts a
+chain with another id: the id kept with an export, or passed as ``expected_genesis``, reveals it.
 
 ``‖`` is byte concatenation of the previous hash as 64 lowercase hex characters (ASCII) and the envelope.
 The envelope is the record without its two hashes::
@@ -32,13 +37,16 @@ must not change when the explainers' helper does, and hashing must not import th
 why: ``edited`` (its content or hashes changed), ``deleted`` (a record is missing), ``reordered`` (a
 record sits at the wrong position) or ``inserted`` (a record does not belong to the chain). Deleting the
 newest records leaves a shorter chain that is valid on its own; only a head hash kept elsewhere (an
-export's trailer, a log line) reveals that, which is what ``expected_head`` is for.
+export's trailer, a log line) reveals that, which is what ``expected_head`` is for: a head that is not
+in the chain at all is ``head_not_found`` (records deleted, or a head mistyped or of another chain).
+A chain whose genesis is not the one expected is ``restarted``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import threading
 import time
 from collections import deque
@@ -50,9 +58,13 @@ from typing import Any, Literal
 import orjson
 
 GENESIS_HASH = "0" * 64
-CHAIN_FORMAT = "explain-service.audit/1"
+"""Where a chain made before genesis records existed starts (format ``explain-service.audit/1``)."""
+LEGACY_FORMAT = "explain-service.audit/1"
+CHAIN_FORMAT = "explain-service.audit/2"
+CHAIN_ID_PATTERN = re.compile(r"[0-9a-f]{32}")
+HASH_PATTERN = re.compile(r"[0-9a-f]{64}")
 
-Reason = Literal["edited", "deleted", "reordered", "inserted"]
+Reason = Literal["edited", "deleted", "reordered", "inserted", "restarted", "head_not_found"]
 Locator = Callable[[str], "tuple[int, str] | None"]
 """Find a record by its hash: ``(seq, id)`` or None."""
 
@@ -92,6 +104,49 @@ def new_record_id() -> str:
         _last_millis, _last_counter = millis, counter
     rand_b = int.from_bytes(os.urandom(8), "big") & (1 << 62) - 1
     return f"{(millis & (1 << 48) - 1) << 80 | 0x7 << 76 | counter << 64 | 0b10 << 62 | rand_b:032x}"
+
+
+def genesis_hash(chain_id: str, created_at: str) -> str:
+    """The hash the first record of the chain ``chain_id``, created at ``created_at``, follows."""
+    genesis = {"chain_id": chain_id, "created_at": created_at, "format": CHAIN_FORMAT}
+    return hashlib.sha256(canonical_json(genesis)).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Genesis:
+    """Where a chain starts: a random id, the time its store was made, the hash its first record follows."""
+
+    chain_id: str
+    created_at: str
+    hash: str
+
+    @classmethod
+    def new(cls) -> Genesis:
+        """A genesis for a new chain."""
+        chain_id, created_at = os.urandom(16).hex(), utc_text(datetime.now(UTC))
+        return cls(chain_id, created_at, genesis_hash(chain_id, created_at))
+
+    @classmethod
+    def from_dict(cls, value: Any) -> Genesis | None:
+        """A genesis from its JSON form (an export trailer); None if ``value`` is not one."""
+        if not isinstance(value, dict) or set(value) != {"chain_id", "created_at", "hash"}:
+            return None
+        if not all(isinstance(v, str) for v in value.values()):
+            return None
+        return cls(value["chain_id"], value["created_at"], value["hash"])
+
+    @property
+    def legacy(self) -> bool:
+        """Whether the chain was made before genesis records existed, and so starts at GENESIS_HASH."""
+        return self.hash == GENESIS_HASH
+
+    def consistent(self) -> bool:
+        """Whether ``hash`` is the one derived from the id and time (or the legacy start)."""
+        return self.legacy or self.hash == genesis_hash(self.chain_id, self.created_at)
+
+    def to_dict(self) -> dict[str, str]:
+        """JSON-ready form, as in an export's trailer."""
+        return {"chain_id": self.chain_id, "created_at": self.created_at, "hash": self.hash}
 
 
 def chain_hash(prev_hash: str, envelope: dict[str, Any]) -> str:
@@ -208,9 +263,9 @@ class VerifyReport:
     """Outcome of a chain walk.
 
     ``checked``, ``head_seq`` and ``head_hash`` describe the verified prefix: the whole chain when ``ok``,
-    the records before the first bad one otherwise (``0`` and :data:`GENESIS_HASH` for none). When not
+    the records before the first bad one otherwise (``0`` and the genesis hash for none). When not
     ``ok``, ``first_bad_seq`` is the position where the chain breaks and ``first_bad_id`` the record found
-    there (None when that record is gone).
+    there (None when that record is gone). ``chain_id`` names the chain's genesis (None when unknown).
     """
 
     ok: bool
@@ -221,6 +276,7 @@ class VerifyReport:
     first_bad_id: str | None = None
     reason: Reason | None = None
     detail: str = ""
+    chain_id: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -240,6 +296,7 @@ def walk_chain(
     *,
     locate: Locator | None = None,
     expected_head: str | None = None,
+    start_hash: str | None = GENESIS_HASH,
 ) -> VerifyReport:
     """Check ``rows`` (in ``seq`` order, streamed) and report the first record that breaks the chain.
 
@@ -251,14 +308,21 @@ def walk_chain(
         Finds a record by hash anywhere in the chain; used only after a break, to tell a reordered or
         inserted record from a deleted one. Without it, those cases are reported as ``deleted``.
     expected_head
-        A head hash recorded earlier (e.g. an export's trailer). The walk fails with ``deleted`` unless a
-        record with this hash is part of the verified chain.
+        A head hash recorded earlier (e.g. an export's trailer). The walk fails with ``head_not_found``
+        unless a record with this hash (or the start itself) is part of the verified chain.
+    start_hash
+        The hash the first record must follow: its genesis hash. None takes the first record's
+        ``prev_hash`` as given, for a caller that learns the genesis later (an export's trailer) and
+        checks it then; the report's ``head_hash`` of an empty chain is then :data:`GENESIS_HASH`.
     """
     it = iter(rows)
-    prev_hash, seq, checked = GENESIS_HASH, 1, 0
+    prev_hash, seq, checked = start_hash, 1, 0
     recent: deque[tuple[int, str]] = deque(maxlen=_RECENT)
-    head_seen = expected_head in (None, GENESIS_HASH)
+    head_seen = expected_head is None or expected_head == start_hash
     for row in it:
+        if prev_hash is None:
+            prev_hash = row.prev_hash if row.seq == 1 else GENESIS_HASH
+            head_seen = head_seen or expected_head == prev_hash
         if row.seq == seq and row.prev_hash == prev_hash and row.content_hash() == row.hash:
             head_seen = head_seen or row.hash == expected_head
             recent.append((row.seq, row.id))
@@ -268,13 +332,14 @@ def walk_chain(
         return VerifyReport(
             False, checked, seq - 1, prev_hash, fault.seq, fault.id, fault.reason, fault.detail
         )
+    head = GENESIS_HASH if prev_hash is None else prev_hash
     if not head_seen:
         detail = (
-            f"the expected head {expected_head} is not in the chain: records after seq {seq - 1} "
-            "were deleted, or the head belongs to another chain"
+            f"the expected head {expected_head} is not in the chain of {checked} records: records after "
+            f"seq {seq - 1} were deleted, or the head was mistyped or belongs to another chain"
         )
-        return VerifyReport(False, checked, seq - 1, prev_hash, seq, None, "deleted", detail)
-    return VerifyReport(True, checked, seq - 1, prev_hash)
+        return VerifyReport(False, checked, seq - 1, head, seq, None, "head_not_found", detail)
+    return VerifyReport(True, checked, seq - 1, head)
 
 
 def _diagnose(
@@ -320,6 +385,9 @@ def _diagnose(
     if nxt is not None and nxt.prev_hash == prev_hash:
         detail = f"record {row.id} does not belong: the record after it follows seq {seq - 1}"
         return _Fault(seq, row.id, "inserted", detail)
+    if seq == 1 and found is None:
+        detail = f"record {row.id} does not follow the chain's genesis: the genesis or the record was changed"
+        return _Fault(seq, row.id, "edited", detail)
     if found is None:
         detail = f"record {row.id} follows a record that is gone; the records after it were renumbered"
         return _Fault(seq, None, "deleted", detail)

@@ -14,6 +14,12 @@ recompute it::
 
 Each method's result carries the parameters that shaped it (seed, num_samples,
 background hash, output space) in its own ``params``.
+
+The request is kept in every record of a call, so that each record can be shown and
+replayed on its own; what a record may hold is capped instead (the store's
+``max_record_bytes``, 256 KiB of canonical JSON by default). A call with one record
+over the cap is refused whole with 413, naming the part that is too large, before
+anything is written.
 """
 
 from __future__ import annotations
@@ -21,8 +27,9 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from explain_service.audit.store import AuditEntry, AuditStore, AuditWriteError
-from explain_service.errors import AuditUnavailable
+from explain_service.audit.chain import canonical_json
+from explain_service.audit.store import AuditEntry, AuditStore, AuditWriteError, RecordTooLarge
+from explain_service.errors import AuditUnavailable, PayloadTooLarge
 from explain_service.registry.model import LoadedModel
 from explain_service.versions import library_versions
 
@@ -92,14 +99,40 @@ class AuditRecorder:
         self.store = store
 
     def record(self, model: LoadedModel, entries: list[dict[str, Any]], caller: str | None) -> list[str]:
+        """Append one record per entry, all or none; return their ids.
+
+        Raises
+        ------
+        PayloadTooLarge
+            A record would be over the store's size cap; nothing was written.
+        AuditUnavailable
+            The store refused the append; nothing was written.
+        """
         audit_entries = [
             entry_for(model, e["instance"], e["explanation"], e["request"], caller) for e in entries
         ]
         try:
             stored = self.store.append(audit_entries)
+        except RecordTooLarge as exc:
+            raise too_large(exc, entries[exc.index]) from None
         except AuditWriteError as exc:
             raise AuditUnavailable(exc.reason) from None
         return [s.id for s in stored]
 
     def ping(self) -> bool:
         return self.store.ping()
+
+
+def too_large(exc: RecordTooLarge, entry: dict[str, Any]) -> PayloadTooLarge:
+    """The 413 for a record over the cap, naming its largest part: the options, or the instance."""
+    parts = {
+        "options": len(canonical_json(entry["request"])),
+        f"instances.{exc.index}": len(canonical_json(entry["instance"]))
+        + len(canonical_json(entry["explanation"])),
+    }
+    field = max(parts, key=lambda name: parts[name])
+    message = (
+        f"The audit record of instance {exc.index} would hold {exc.size} bytes; a record holds at most "
+        f"{exc.limit}, so nothing was answered or stored"
+    )
+    return PayloadTooLarge(message, {field: [f"Too large to record ({parts[field]} bytes)."]})

@@ -5,10 +5,16 @@ One table holds the records; nothing ever updates or deletes a row::
     audit_records                                     audit_schema_version
     seq │ id │ created_at │ model_name │ model_version   version │ chain_format │ created_at
         │ model_sha256 │ caller │ body │ prev_hash │ hash
+                                                      audit_genesis (one row, written with the schema)
+                                                      chain_id │ created_at │ hash
 
 ``body`` is the caller's JSON-ready dict as canonical JSON text, ``created_at`` UTC ISO-8601 text with
 microseconds (so it sorts and hashes as written), and each ``hash`` seals the record onto the one before
 it: ``sha256(prev_hash + canonical_json(envelope))`` (see :mod:`.chain`).
+
+``audit_genesis`` names the chain (:class:`.chain.Genesis`): the first record follows its ``hash``.
+Schema version 1 had no genesis; :func:`migrate_schema` gives such a chain one whose ``hash`` is the
+old start, ``"0" * 64``, and replaces audit_append() by the version that starts at the genesis.
 
 Unique constraints on ``seq``, ``prev_hash`` (no two records may follow the same one, so the chain cannot
 fork), ``hash`` and ``id`` make a writer that skipped the chain lock fail instead of forking the chain.
@@ -55,9 +61,9 @@ from sqlalchemy import (
     select,
 )
 
-from explain_service.audit.chain import CHAIN_FORMAT, GENESIS_HASH, RawRecord, utc_text
+from explain_service.audit.chain import CHAIN_FORMAT, GENESIS_HASH, Genesis, RawRecord, utc_text
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 CHAIN_LOCK_KEY = 0x6175646974636861  # b"auditcha": one fixed advisory-lock key shared by every writer
 
 metadata = MetaData(
@@ -94,18 +100,28 @@ schema_version = Table(
     Column("created_at", String(32), nullable=False),
 )
 
+genesis = Table(
+    "audit_genesis",
+    metadata,
+    Column("chain_id", String(32), primary_key=True),
+    Column("created_at", String(32), nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+
 # One batch, one statement. ``entries`` has a row per record, in order: id, model_name, model_version,
 # model_sha256, caller, body, then the middle and tail of RawRecord.envelope_parts(). In READ COMMITTED each
 # statement in the function sees what was committed before it began, so the head is read under the lock.
 PG_APPEND_FUNCTION = f"""
-CREATE FUNCTION audit_append(entries text[][])
+CREATE OR REPLACE FUNCTION audit_append(entries text[][])
 RETURNS TABLE (sealed_seq bigint, sealed_created_at text, sealed_prev_hash text, sealed_hash text)
 LANGUAGE plpgsql VOLATILE AS $$
 BEGIN
     PERFORM pg_advisory_xact_lock({CHAIN_LOCK_KEY});
     SELECT r.seq, r.hash INTO sealed_seq, sealed_hash FROM audit_records r ORDER BY r.seq DESC LIMIT 1;
-    sealed_seq := coalesce(sealed_seq, 0);
-    sealed_hash := coalesce(sealed_hash, '{GENESIS_HASH}');
+    IF NOT FOUND THEN
+        sealed_seq := 0;
+        SELECT g.hash INTO STRICT sealed_hash FROM audit_genesis g;
+    END IF;
     sealed_created_at := to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"');
     FOR i IN 1 .. array_length(entries, 1) LOOP
         sealed_seq := sealed_seq + 1;
@@ -123,7 +139,7 @@ BEGIN
 END
 $$"""
 
-_REJECT = "audit_records is append-only"
+_REJECT = "the audit tables are append-only"
 for _dialect, _statement in [
     ("sqlite", f"CREATE TRIGGER audit_records_no_update BEFORE UPDATE ON audit_records "
                f"BEGIN SELECT RAISE(ABORT, '{_REJECT}'); END"),
@@ -138,12 +154,26 @@ for _dialect, _statement in [
     ("postgresql", PG_APPEND_FUNCTION),
 ]:  # fmt: skip
     event.listen(records, "after_create", DDL(_statement).execute_if(dialect=_dialect))
+for _dialect, _statement in [
+    ("sqlite", f"CREATE TRIGGER audit_genesis_no_update BEFORE UPDATE ON audit_genesis "
+               f"BEGIN SELECT RAISE(ABORT, '{_REJECT}'); END"),
+    ("sqlite", f"CREATE TRIGGER audit_genesis_no_delete BEFORE DELETE ON audit_genesis "
+               f"BEGIN SELECT RAISE(ABORT, '{_REJECT}'); END"),
+    ("postgresql", f"CREATE OR REPLACE FUNCTION audit_records_reject() RETURNS trigger LANGUAGE plpgsql "
+                   f"AS $$ BEGIN RAISE EXCEPTION '{_REJECT}'; END $$"),
+    ("postgresql", "CREATE TRIGGER audit_genesis_no_change BEFORE UPDATE OR DELETE ON audit_genesis "
+                   "FOR EACH ROW EXECUTE FUNCTION audit_records_reject()"),
+    ("postgresql", "CREATE TRIGGER audit_genesis_no_truncate BEFORE TRUNCATE ON audit_genesis "
+                   "FOR EACH STATEMENT EXECUTE FUNCTION audit_records_reject()"),
+]:  # fmt: skip
+    event.listen(genesis, "after_create", DDL(_statement).execute_if(dialect=_dialect))
 
 COLUMNS = [records.c[field.name] for field in fields(RawRecord)]
 NAMES = tuple(field.name for field in fields(RawRecord))
 row_values = attrgetter(*NAMES)  # a RawRecord as the tuple of its column values, in table order
 
 HEAD = "SELECT seq, hash FROM audit_records ORDER BY seq DESC LIMIT 1"
+GENESIS_START = "SELECT hash FROM audit_genesis"
 _PG_APPEND_SIGNATURE = "audit_append(text[])"
 
 
@@ -167,17 +197,56 @@ def record_filters(
 
 
 def create_schema(conn: Connection) -> int:
-    """Create what is missing of the schema, recording its version once; return the version.
+    """Create the schema of a new database with its genesis, recording its version; return the version.
 
-    Run it under the chain lock, so that two processes starting on a new database create it once.
+    Run it under the chain lock, so that two processes starting on a new database create it once. A
+    database that holds an older schema is migrated instead.
     """
-    metadata.create_all(conn)
     version = read_schema_version(conn)
-    if version is None:
-        version = SCHEMA_VERSION
-        row = {"version": version, "chain_format": CHAIN_FORMAT}
-        conn.execute(insert(schema_version).values(created_at=utc_text(datetime.now(UTC)), **row))
-    return version
+    if version is not None:
+        return migrate_schema(conn, version) if version < SCHEMA_VERSION else version
+    metadata.create_all(conn)
+    _record_version(conn, SCHEMA_VERSION)
+    conn.execute(insert(genesis).values(**Genesis.new().to_dict()))
+    return SCHEMA_VERSION
+
+
+def migrate_schema(conn: Connection, version: int) -> int:
+    """Bring a schema of ``version`` up to :data:`SCHEMA_VERSION` (under the chain lock); return it.
+
+    1 -> 2: the chain gains a genesis whose hash is where it already starts (``"0" * 64``), and
+    PostgreSQL's audit_append() starts an empty chain at the genesis.
+    """
+    if version < 2:
+        metadata.create_all(conn, tables=[genesis])
+        first = conn.execute(select(records.c.prev_hash).where(records.c.seq == 1)).scalar()
+        start = Genesis.new()
+        if first is not None:
+            start = Genesis(start.chain_id, start.created_at, GENESIS_HASH)
+        conn.execute(insert(genesis).values(**start.to_dict()))
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql(PG_APPEND_FUNCTION)
+        _record_version(conn, 2)
+    return SCHEMA_VERSION
+
+
+def _record_version(conn: Connection, version: int) -> None:
+    row = {"version": version, "chain_format": CHAIN_FORMAT, "created_at": utc_text(datetime.now(UTC))}
+    conn.execute(insert(schema_version).values(**row))
+
+
+def read_genesis(conn: Connection) -> Genesis | None:
+    """The chain's genesis; None for a schema from before genesis records (version 1).
+
+    Raises ValueError if the table holds other than one row.
+    """
+    if not inspect(conn).has_table(genesis.name):
+        return None
+    rows = conn.execute(select(genesis.c.chain_id, genesis.c.created_at, genesis.c.hash)).all()
+    if len(rows) != 1:
+        raise ValueError(f"the audit_genesis table holds {len(rows)} rows instead of one")
+    chain_id, created_at, start = rows[0]
+    return Genesis(str(chain_id), str(created_at), str(start))
 
 
 def read_schema_version(conn: Connection) -> int | None:
@@ -194,10 +263,9 @@ def has_append_function(conn: Connection) -> bool:
 
 
 def read_head(conn: Connection) -> tuple[int, str]:
-    """``(seq, hash)`` of the newest record; ``(0, GENESIS_HASH)`` when there is none."""
-    return head_row(conn.exec_driver_sql(HEAD).first())
-
-
-def head_row(row: Any) -> tuple[int, str]:
-    """The head as :data:`HEAD` returned it: ``(seq, hash)``, or ``(0, GENESIS_HASH)`` for no row."""
-    return (0, GENESIS_HASH) if row is None else (int(row[0]), str(row[1]))
+    """``(seq, hash)`` of the newest record; ``(0, genesis hash)`` when there is none."""
+    row = conn.exec_driver_sql(HEAD).first()
+    if row is not None:
+        return int(row[0]), str(row[1])
+    start = read_genesis(conn)
+    return 0, GENESIS_HASH if start is None else start.hash

@@ -3,40 +3,47 @@
 :class:`AuditStore` keeps the records in SQLite or PostgreSQL and is the public API: append a batch,
 read records back, count, page, verify the chain, export it. The pieces live next door::
 
-    store.py      AuditStore, its errors, the checks an entry passes before it is sealed
-    schema.py     the tables, the append-only triggers, PostgreSQL's audit_append(), the schema version
-    backends.py   the SQLite and PostgreSQL engines, write connections, durability, the append SQL
-    chain.py      how a record is hashed onto the one before it, and how the chain is checked
-    jsonl.py      the JSON Lines export (:meth:`AuditStore.export`) and its check
+    store.py        AuditStore, the checks an entry passes before it is sealed
+    errors.py       its errors, and what of a database's message a client may read
+    schema.py       the tables, the append-only triggers, PostgreSQL's audit_append(), the schema version
+    backends.py     the SQLite and PostgreSQL engines, write connections, durability, the append SQL
+    sqlite_file.py  whether the SQLite file being written is still the one at the database's path
+    chain.py        how a record is hashed onto the one before it, and how the chain is checked
+    jsonl.py        the JSON Lines export (:meth:`AuditStore.export`) and its check
 
 Each ``hash`` seals the record onto the one before it: ``sha256(prev_hash + canonical_json(envelope))``.
 A batch is sealed and inserted in one transaction under the chain lock, so its records get consecutive
 ``seq`` in the order given, and either all of it is stored or none (how each database does it:
-:mod:`.backends`). Reads go through SQLAlchemy Core and create the schema on first use.
+:mod:`.backends`). Reads go through SQLAlchemy Core and create the schema on first use, with the chain's
+genesis, unless the store was opened with ``create=False`` (the read-only commands), which never
+creates a file, a directory or a table, and reads an older schema as it is.
 
 Any failure to append raises :class:`AuditWriteError` and stores nothing of the batch; the caller must not
 answer without its record. (A commit whose acknowledgement is lost may still be stored: a record without
 an answer, never an answer without a record. On PostgreSQL an append whose pooled connection turns out
 to be dead is sent once more on a new one; the batch's ids are fixed, so it cannot be stored twice.)
 
-Errors, each with the HTTP ``status`` an API answers with::
+A record's body may hold at most ``max_record_bytes`` of canonical JSON (256 KiB by default); a batch
+with a larger one is refused whole (:class:`RecordTooLarge`) before anything is written.
 
-    AuditError (500)
-    ├── AuditUnavailableError (503)   the database cannot be reached or read
-    ├── AuditWriteError (503)         an append failed; nothing of it was stored
-    └── RecordNotFound (404)          no record has that id
+On SQLite the store also refuses to append once the database file has been removed or replaced under it
+(see :mod:`.sqlite_file`), and :meth:`AuditStore.check_writable` proves cheaply that a write would be
+accepted now, for a readiness probe. The errors are drawn in :mod:`.errors`; their messages never name
+the database's host, port, name or path (that goes to the log).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any, BinaryIO, ClassVar
+from typing import Any, BinaryIO
 
 import orjson
 from sqlalchemy import Connection, Engine, func, select
@@ -46,23 +53,36 @@ from sqlalchemy.pool import PoolProxiedConnection
 
 from explain_service.audit.backends import (
     PG_APPEND,
+    PG_WRITABLE,
     Durability,
     append_sqlite,
     chain_locked,
     postgresql_engine,
     postgresql_entries,
+    postgresql_not_writable,
     postgresql_sealed,
     postgresql_writer,
     sqlite_engine,
+    sqlite_not_writable,
 )
 from explain_service.audit.chain import (
+    GENESIS_HASH,
     AuditEntry,
+    Genesis,
     RawRecord,
     StoredRecord,
     VerifyReport,
     canonical_json,
     new_record_id,
     walk_chain,
+)
+from explain_service.audit.errors import (
+    AuditError,
+    AuditUnavailableError,
+    AuditWriteError,
+    RecordNotFound,
+    RecordTooLarge,
+    driver_reason,
 )
 from explain_service.audit.jsonl import write_export
 from explain_service.audit.schema import (
@@ -74,11 +94,19 @@ from explain_service.audit.schema import (
     has_append_function,
     metadata,
     raw_record,
+    read_genesis,
     read_head,
     read_schema_version,
     record_filters,
     records,
     schema_version,
+)
+from explain_service.audit.sqlite_file import (
+    FileIdentity,
+    connection_identity,
+    identity,
+    sqlite_path,
+    track_identity,
 )
 
 __all__ = [
@@ -91,6 +119,7 @@ __all__ = [
     "AuditWriteError",
     "Durability",
     "RecordNotFound",
+    "RecordTooLarge",
     "StoredRecord",
     "VerifyReport",
     "metadata",
@@ -101,42 +130,10 @@ __all__ = [
 _ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _MAX_PAGE = 1000
 _STREAM_BATCH = 500
+MAX_RECORD_BYTES = 256 * 1024
+"""What a record's body may hold, as canonical JSON, unless the store is told otherwise."""
 
-
-class AuditError(Exception):
-    """Root of the audit store's errors; ``status`` is the HTTP status an API answers with."""
-
-    status: ClassVar[int] = 500
-
-
-class AuditUnavailableError(AuditError):
-    """The database cannot be reached or read."""
-
-    status = 503
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-        super().__init__(f"the audit store is unavailable: {reason}")
-
-
-class AuditWriteError(AuditError):
-    """An append failed; nothing of the batch was stored."""
-
-    status = 503
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-        super().__init__(f"the audit record could not be written: {reason}")
-
-
-class RecordNotFound(AuditError):
-    """No record has the id asked for."""
-
-    status = 404
-
-    def __init__(self, record_id: str) -> None:
-        self.record_id = record_id
-        super().__init__(f"no audit record with id {record_id!r}")
+log = logging.getLogger(__name__)
 
 
 class AuditStore:
@@ -152,19 +149,41 @@ class AuditStore:
     durability
         ``"full"`` (default): every record is on stable storage when :meth:`append` returns. ``"os"``:
         a power cut may lose the newest records, for a cheaper commit (see :mod:`.backends`).
+    create
+        False opens an existing store to read it: a missing file, directory or schema is an
+        :class:`AuditUnavailableError`, never created, and an older schema is not migrated.
+    max_record_bytes
+        The most canonical JSON a record's body may hold.
     """
 
-    def __init__(self, url: str, *, timeout: float = 10.0, durability: Durability = "full") -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float = 10.0,
+        durability: Durability = "full",
+        create: bool = True,
+        max_record_bytes: int = MAX_RECORD_BYTES,
+    ) -> None:
         if durability not in ("full", "os"):
             raise ValueError(f"durability must be 'full' or 'os', not {durability!r}")
         self.url = make_url(url)
         self.backend = self.url.get_backend_name()
         self.durability = durability
+        self.create = create
+        self.max_record_bytes = max_record_bytes
         self._timeout = timeout
+        self._path: str | None = None
+        self._identity: FileIdentity | None = None  # the file this store writes, once it has seen it
         if self.backend == "sqlite":
             if self.url.database in (None, "", ":memory:") or self.url.query.get("mode") == "memory":
                 raise ValueError("the audit store needs a SQLite file, not an in-memory database")
+            self._path = sqlite_path(self.url)
+            if self._path is not None:  # a file there now is the one to write: never make another
+                self._identity = identity(self._path)
             self._engine = sqlite_engine(self.url, timeout, durability)
+            if self._path is not None:
+                track_identity(self._engine, self._path)
             self._writer = self._engine
         elif self.backend == "postgresql":
             if self.url.get_driver_name() != "psycopg":
@@ -204,12 +223,18 @@ class AuditStore:
         AuditWriteError
             The batch could not be stored (database unreachable or read-only, lock wait timed out, an id
             already taken...). Nothing of it was stored.
+        RecordTooLarge
+            An entry's body is over ``max_record_bytes``; nothing of the batch was stored.
         TypeError, ValueError
             An entry is malformed (a body that is not a JSON-ready dict, a bad or repeated id).
         AuditError
             PostgreSQL stored a record whose hash :mod:`.chain` does not confirm (a defect, never expected).
         """
         prepared = [_prepare(entry) for entry in entries]
+        for index, raw in enumerate(prepared):
+            size = len(raw.body.encode())
+            if size > self.max_record_bytes:
+                raise RecordTooLarge(index, size, self.max_record_bytes)
         ids = [raw.id for raw in prepared]
         if len(set(ids)) != len(ids):
             raise ValueError("record ids repeat within the batch")
@@ -218,14 +243,47 @@ class AuditStore:
         try:
             self._ensure_schema()
             if self.backend == "sqlite":
-                sealed = append_sqlite(self._checkout(self._engine), prepared)
+                conn = self._checkout(self._engine)
+                try:
+                    self._check_file(conn)
+                except BaseException:
+                    conn.close()
+                    raise
+                sealed = append_sqlite(conn, prepared)
             else:
                 sealed = self._append_postgresql(prepared)
         except AuditUnavailableError as exc:
-            raise AuditWriteError(exc.reason) from exc
+            raise AuditWriteError(exc.reason, detail=exc.detail) from exc
         except (SQLAlchemyError, self._dbapi_error) as exc:
-            raise AuditWriteError(_reason(exc)) from exc
+            raise self._failure(AuditWriteError, exc) from exc
         return [StoredRecord.from_raw(raw) for raw in sealed]
+
+    def check_writable(self) -> None:
+        """Prove cheaply that an append would be accepted now; raise :class:`AuditUnavailableError` if not.
+
+        SQLite: the file at the path is still the one written, its disk has room, and a write
+        transaction on it begins and inserts (nothing, rolled back): a read-only file or directory
+        fails here. PostgreSQL: on a connection appends use, the server is not a standby, the session
+        is not read-only and the role may insert records and call audit_append(). One round trip each.
+        """
+        try:
+            self._ensure_schema()
+            if self.backend == "sqlite":
+                conn = self._checkout(self._engine)
+                try:
+                    self._check_file(conn)
+                    problem = sqlite_not_writable(conn, self._path)
+                finally:
+                    conn.close()
+            else:
+                self._ensure_append_function()
+                problem = postgresql_not_writable(self._on_writer(PG_WRITABLE, None, retry_lost=True)[0])
+        except AuditWriteError as exc:
+            raise AuditUnavailableError(exc.reason, detail=exc.detail) from exc
+        except (SQLAlchemyError, self._dbapi_error) as exc:
+            raise self._failure(AuditUnavailableError, exc) from exc
+        if problem is not None:
+            raise AuditUnavailableError(problem)
 
     def get(self, record_id: str) -> StoredRecord | None:
         """The record with ``record_id``, or None."""
@@ -275,18 +333,39 @@ class AuditStore:
         return [StoredRecord.from_raw(raw_record(row)) for row in rows]
 
     def head(self) -> tuple[int, str]:
-        """``(seq, hash)`` of the newest record; ``(0, GENESIS_HASH)`` when empty. Cheap: keep it elsewhere."""
+        """``(seq, hash)`` of the newest record; ``(0, genesis hash)`` when empty. Cheap: keep it elsewhere."""
         with self._reading() as conn:
             return read_head(conn)
 
-    def verify(self, *, expected_head: str | None = None) -> VerifyReport:
-        """Recompute every hash in ``seq`` order, streaming, and report the first break.
+    def genesis(self) -> Genesis | None:
+        """The chain's genesis: its id and start; None for a chain from before genesis records, read as is."""
+        with self._reading() as conn:
+            return self._read_genesis(conn)
+
+    def verify(
+        self, *, expected_head: str | None = None, expected_genesis: str | None = None
+    ) -> VerifyReport:
+        """Recompute every hash in ``seq`` order, from the genesis, streaming, and report the first break.
 
         Deleting the newest records leaves a valid shorter chain; pass a head hash kept elsewhere (an
-        export's trailer, an earlier :meth:`head`) as ``expected_head`` to detect that.
+        export's trailer, an earlier :meth:`head`) as ``expected_head`` to detect that. A store that
+        started afresh holds a valid chain of its own; pass the chain id kept elsewhere (an export's
+        trailer) as ``expected_genesis`` to detect that.
         """
         query = select(*COLUMNS).order_by(records.c.seq).execution_options(yield_per=_STREAM_BATCH)
         with self._reading() as conn:
+            genesis = self._read_genesis(conn)
+            chain_id, start = (None, GENESIS_HASH) if genesis is None else (genesis.chain_id, genesis.hash)
+            if genesis is not None and not genesis.consistent():
+                detail = "the chain's genesis was changed: its hash does not derive from its id and time"
+                return VerifyReport(False, 0, 0, start, 1, None, "edited", detail, chain_id)
+            if expected_genesis is not None and chain_id != expected_genesis:
+                started = "before genesis records" if genesis is None else f"at {genesis.created_at}"
+                detail = (
+                    f"this is chain {chain_id or '(unnamed)'}, started {started}, not the expected chain "
+                    f"{expected_genesis}: the store started afresh or is another store"
+                )
+                return VerifyReport(False, 0, 0, start, 1, None, "restarted", detail, chain_id)
 
             def locate(wanted: str) -> tuple[int, str] | None:
                 where = records.c.hash == wanted
@@ -295,11 +374,15 @@ class AuditStore:
 
             result = conn.execute(query)
             try:
-                return walk_chain(
-                    (raw_record(row) for row in result), locate=locate, expected_head=expected_head
+                report = walk_chain(
+                    (raw_record(row) for row in result),
+                    locate=locate,
+                    expected_head=expected_head,
+                    start_hash=start,
                 )
             finally:
                 result.close()
+        return replace(report, chain_id=chain_id)
 
     def export(self, out: BinaryIO) -> str:
         """Write every record as JSON Lines, then a trailer (format in :mod:`.jsonl`); return the head hash.
@@ -308,9 +391,10 @@ class AuditStore:
         """
         query = select(*COLUMNS).order_by(records.c.seq).execution_options(yield_per=_STREAM_BATCH)
         with self._reading() as conn:
+            genesis = self._read_genesis(conn)
             result = conn.execute(query)
             try:
-                return write_export((raw_record(row) for row in result), out)
+                return write_export((raw_record(row) for row in result), out, genesis)
             finally:
                 result.close()
 
@@ -325,7 +409,7 @@ class AuditStore:
 
     def _append_postgresql(self, prepared: list[RawRecord]) -> list[RawRecord]:
         self._ensure_append_function()
-        rows = self._call_append(postgresql_entries(prepared), retry_lost=True)
+        rows = self._on_writer(PG_APPEND, [postgresql_entries(prepared)], retry_lost=True)
         sealed = postgresql_sealed(prepared, rows)
         for raw in sealed:
             if raw.content_hash() != raw.hash:
@@ -335,13 +419,13 @@ class AuditStore:
                 )
         return sealed
 
-    def _call_append(self, entries: list[list[str | None]], *, retry_lost: bool) -> list[Any]:
-        """Run audit_append() once; once more on a new connection if the pooled one turns out dead."""
+    def _on_writer(self, sql: str, params: Any, *, retry_lost: bool) -> list[Any]:
+        """Run ``sql`` on an append connection; once more on a new one if the pooled one turns out dead."""
         conn = self._checkout(self._writer)
         driver: Any = conn.driver_connection
         try:
-            # Autocommit: the statement is the transaction; when it returns, the batch is committed.
-            return driver.execute(PG_APPEND, [entries]).fetchall()
+            # Autocommit: the statement is the transaction; when it returns, it is committed.
+            return list(driver.execute(sql, params).fetchall())
         except self._dbapi_error:
             if not (driver.closed or driver.broken):
                 raise
@@ -355,7 +439,7 @@ class AuditStore:
             conn.close()
         # The server dropped a pooled connection (restart, idle timeout): the others are likely gone too.
         self._writer.dispose()
-        return self._call_append(entries, retry_lost=False)
+        return self._on_writer(sql, params, retry_lost=False)
 
     def _connect(self) -> Connection:
         self._after_fork()
@@ -380,7 +464,7 @@ class AuditStore:
             with self._connect() as conn:
                 yield conn
         except SQLAlchemyError as exc:
-            raise AuditUnavailableError(_reason(exc)) from exc
+            raise self._failure(AuditUnavailableError, exc) from exc
 
     @contextmanager
     def _chain_locked(self) -> Iterator[Connection]:
@@ -395,17 +479,59 @@ class AuditStore:
             if self._schema_ready:
                 return
             try:
-                self._make_directory()
+                if self._identity is not None and identity(str(self._path)) != self._identity:
+                    raise self._replaced(
+                        "is gone or another file than when the store was made", AuditUnavailableError
+                    )
+                if self.create:
+                    self._make_directory()
+                else:
+                    self._require_file()
                 with self._connect() as conn:
                     version = read_schema_version(conn)
-                if version is None:
+                if self.create and (version is None or version < SCHEMA_VERSION):
                     with self._chain_locked() as conn:
                         version = create_schema(conn)
             except SQLAlchemyError as exc:
-                raise AuditUnavailableError(_reason(exc)) from exc
+                raise self._failure(AuditUnavailableError, exc) from exc
+            if version is None:
+                raise AuditUnavailableError("the database holds no audit trail", detail=repr(self))
             if version > SCHEMA_VERSION:
                 raise AuditUnavailableError(f"schema version {version} is newer than {SCHEMA_VERSION}")
+            if self._path is not None and self._identity is None:
+                self._identity = identity(self._path)
             self._schema_ready = True
+
+    def _read_genesis(self, conn: Connection) -> Genesis | None:
+        try:
+            return read_genesis(conn)
+        except ValueError as exc:
+            raise AuditUnavailableError(str(exc)) from exc
+
+    def _check_file(self, conn: PoolProxiedConnection) -> None:
+        """Refuse to write unless the file at the path is the one this connection and store opened."""
+        if self._path is None:
+            return
+        opened, current = connection_identity(conn.info), identity(self._path)
+        if current is not None and current == opened == self._identity:
+            return
+        raise self._replaced("is gone" if current is None else "is another file than the one opened")
+
+    def _replaced(
+        self, state: str, kind: type[AuditWriteError | AuditUnavailableError] = AuditWriteError
+    ) -> AuditError:
+        """The error for a SQLite file removed or replaced under the store (``state`` says how)."""
+        detail = f"the database file {self._path} {state} (removed or replaced while in use)"
+        log.error(
+            "audit store: %s; appends are refused until the file is back or the service restarts", detail
+        )
+        return kind("the database file was removed or replaced while the service was running", detail=detail)
+
+    def _failure(self, kind: type[AuditWriteError | AuditUnavailableError], exc: Exception) -> AuditError:
+        """``kind`` for a driver error: a client-safe reason, the driver's words logged and kept as detail."""
+        reason, detail = driver_reason(exc)
+        log.warning("audit store %r: %s", self, detail)
+        return kind(reason, detail=detail)
 
     def _ensure_append_function(self) -> None:
         """Add audit_append() to a PostgreSQL schema created before it existed (new ones get it at once)."""
@@ -423,13 +549,20 @@ class AuditStore:
             self._append_function_ready = True
 
     def _make_directory(self) -> None:
-        if self.backend != "sqlite" or not self.url.database:
+        if self._path is None:
             return
-        path = self.url.database.removeprefix("file:") if self.url.query.get("uri") else self.url.database
         try:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(self._path).parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise AuditUnavailableError(f"cannot create the directory for {path}: {exc}") from exc
+            detail = f"cannot create the directory for {self._path}: {exc}"
+            log.warning("audit store: %s", detail)
+            raise AuditUnavailableError(
+                "cannot create the directory for the database", detail=detail
+            ) from exc
+
+    def _require_file(self) -> None:
+        if self._path is not None and not os.path.isfile(self._path):
+            raise AuditUnavailableError("there is no audit database", detail=f"no file at {self._path}")
 
 
 def _prepare(entry: AuditEntry) -> RawRecord:
@@ -458,9 +591,3 @@ def _prepare(entry: AuditEntry) -> RawRecord:
         prev_hash="",
         hash="",
     )
-
-
-def _reason(exc: Exception) -> str:
-    """The driver's message, first line only: enough to act on, without SQL or bound values."""
-    cause = getattr(exc, "orig", None) or exc
-    return (str(cause).strip().splitlines() or [type(cause).__name__])[0]

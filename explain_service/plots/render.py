@@ -7,6 +7,9 @@ the function that draws it and the explanation method it needs. Errors, both 404
     ├── UnknownPlot(plot)                 the name is not in PLOTS
     └── PlotNotAvailable(plot, method)    the explanation has no result for the method the plot draws
 
+A cache that cannot be read or written (a plots directory that is missing, read-only or on a full disk)
+costs speed, not answers: the plot is rendered for the request, served, and a warning logged.
+
 A rendered PNG is stored under the sha256 of its plot name, :data:`RENDERER_VERSION` and the canonical
 JSON of its inputs, so a cached file is valid for as long as the inputs and the drawing code are:
 bump :data:`RENDERER_VERSION` whenever a change to the drawing code changes what a plot looks like.
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import logging
 import os
 import struct
 import tempfile
@@ -43,6 +47,8 @@ RENDERER_VERSION = "1"
 PNG_COMPRESS_LEVEL = 3
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_END = b"IEND\xaeB`\x82"
+
+log = logging.getLogger(__name__)
 
 PlotFunction = Callable[[Mapping[str, Any], Mapping[str, Any], Mapping[str, Any]], Figure]
 
@@ -196,10 +202,13 @@ class PlotCache:
         return self.directory / key[:2] / f"{key}.png"
 
     def get(self, key: str) -> bytes | None:
-        """The stored PNG of ``key``, or None if there is none (or only a damaged one)."""
+        """The stored PNG of ``key``, or None if there is none (or only a damaged or unreadable one)."""
         try:
             data = self.path(key).read_bytes()
         except FileNotFoundError:
+            return None
+        except OSError as exc:
+            log.warning("plot cache: cannot read %s: %s", self.path(key), exc)
             return None
         return data if data.startswith(_PNG_SIGNATURE) and data.endswith(_PNG_END) else None
 
@@ -218,29 +227,44 @@ class PlotCache:
         data = self.get(key)
         if data is not None:
             return key, data, True
-        with self._locked(key):
-            data = self.get(key)
+        with self._locked(key) as locked:
+            data = self.get(key) if locked else None
             if data is not None:
                 return key, data, True
             data = render_png(spec.draw(explanation, instance, model))
-            self._store(key, data)
+            if locked:
+                self._store(key, data)
         return key, data, False
 
     @contextmanager
-    def _locked(self, key: str) -> Iterator[None]:
+    def _locked(self, key: str) -> Iterator[bool]:
+        """Hold the lock of ``key``; yields False (and locks nothing) when the cache cannot be written."""
         locks = self.directory / ".locks"
-        locks.mkdir(parents=True, exist_ok=True)
-        with open(locks / f"{key[:2]}.lock", "a+b") as handle:
+        try:
+            locks.mkdir(parents=True, exist_ok=True)
+            handle = open(locks / f"{key[:2]}.lock", "a+b")  # noqa: SIM115 (entered by the with below)
+        except OSError as exc:
+            log.warning("plot cache %s is not writable (%s); serving plots uncached", self.directory, exc)
+            handle = None
+        if handle is None:
+            yield False
+            return
+        with handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
-                yield
+                yield True
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def _store(self, key: str, data: bytes) -> None:
+        """Store ``data`` as the PNG of ``key``; a failure to write is logged, never raised."""
         path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{key}.", suffix=".tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{key}.", suffix=".tmp")
+        except OSError as exc:
+            log.warning("plot cache: cannot store %s (%s); served uncached", path, exc)
+            return
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
@@ -248,6 +272,9 @@ class PlotCache:
                 os.fsync(handle.fileno())
             os.chmod(temporary, 0o644)
             os.replace(temporary, path)
+        except OSError as exc:
+            Path(temporary).unlink(missing_ok=True)
+            log.warning("plot cache: cannot store %s (%s); served uncached", path, exc)
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
             raise
