@@ -38,7 +38,7 @@ from explain_service.audit.chain import CHAIN_FORMAT, RawRecord, canonical_json,
 from explain_service.audit.jsonl import record_line
 from explain_service.audit.schema import metadata, records, schema_version
 from explain_service.cli import main
-from tests.conftest import GERMAN_ROW
+from tests.conftest import GERMAN_ROW, OPEN_ACCESS
 from tests.test_audit_store import entry, fill, with_server_option
 
 
@@ -75,7 +75,13 @@ def exported(store: AuditStore) -> io.BytesIO:
 
 def audited_app(url: str, models_dir: Path, plots: Path) -> Any:
     return create_app(
-        {"models_dir": str(models_dir), "database_url": url, "plots_dir": str(plots), "eager_load": False}
+        {
+            "models_dir": str(models_dir),
+            "database_url": url,
+            "plots_dir": str(plots),
+            "eager_load": False,
+            **OPEN_ACCESS,
+        }
     )
 
 
@@ -514,15 +520,16 @@ def test_error_bodies_do_not_name_the_database(demo_models_dir: Path, tmp_path: 
 
 
 def test_error_bodies_do_not_show_the_sqlite_path(demo_models_dir: Path, tmp_path: Path) -> None:
-    (tmp_path / "not-a-dir").write_text("")
-    url = f"sqlite:///{tmp_path / 'not-a-dir' / 'audit.sqlite3'}"
+    (tmp_path / "a-directory").mkdir()  # where the database file should be: it cannot be opened
+    url = f"sqlite:///{tmp_path / 'a-directory'}"
     client = audited_app(url, demo_models_dir, tmp_path / "plots").test_client()
 
     answer = explain(client, {"instances": [GERMAN_ROW]})
 
     assert answer.status_code == 503 and str(tmp_path) not in answer.get_data(as_text=True)
+    (tmp_path / "not-a-dir").write_text("")
     with pytest.raises(AuditWriteError, match="cannot create the directory") as caught:
-        AuditStore(url).append([entry(0)])
+        AuditStore(f"sqlite:///{tmp_path / 'not-a-dir' / 'audit.sqlite3'}").append([entry(0)])
     assert str(tmp_path) not in str(caught.value) and str(tmp_path) in caught.value.detail
 
 
