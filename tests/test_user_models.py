@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from explain_service.app import create_app
 from explain_service.errors import RegistrationError
@@ -366,3 +368,220 @@ def test_a_failed_registration_leaves_nothing_on_disk(tmp_path: Path) -> None:
     with pytest.raises(RegistrationError, match=r"missing values in \['income'\].*SimpleImputer"):
         register_model(model, "lr", background=X, allow_missing=["income"], models_dir=tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+# -- 2. missing values ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def nan_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Models that take missing values in ``income`` (and one that does not), registered once."""
+    from sklearn.linear_model import LogisticRegression
+    from threadpoolctl import threadpool_limits
+
+    root = tmp_path_factory.mktemp("nan-models")
+    X = _frame(nan=True)
+    clean = _frame()
+    with threadpool_limits(1):
+        models = {
+            "hgb-nan": (_onehot_pipeline(_hgb()).fit(X, _labels(X, [0, 1])), X, ()),
+            "xgb-nan": (_onehot_pipeline(_xgb()).fit(X, _labels(X, [0, 1])), X, ()),
+            "impute": (
+                _onehot_pipeline(LogisticRegression(), impute=True).fit(X, _labels(X, [0, 1])),
+                clean,
+                ("income",),
+            ),
+            "strict": (_onehot_pipeline(LogisticRegression()).fit(clean, _labels(clean, [0, 1])), clean, ()),
+        }
+        for name, (model, background, allow) in models.items():
+            register_model(
+                model,
+                name,
+                background=background,
+                class_names=["declined", "approved"],
+                favorable="approved",
+                allow_missing=allow,
+                models_dir=root,
+            )
+    from explain_service.registry.store import ModelRegistry
+
+    return {
+        "root": root,
+        "models": {k: v[0] for k, v in models.items()},
+        "X": X,
+        "registry": ModelRegistry(root),
+    }
+
+
+@pytest.fixture
+def nan_client(nan_models: dict[str, Any], tmp_path: Path) -> Any:
+    return _client(nan_models["root"], tmp_path)
+
+
+def test_the_schema_says_which_features_take_missing_values(nan_client: Any) -> None:
+    for name, expected in [("hgb-nan", True), ("impute", True), ("strict", False)]:
+        features = {f["name"]: f for f in nan_client.get(f"/v1/models/{name}").get_json()["features"]}
+        assert features["income"].get("missing", False) is expected
+        assert "missing" not in features["debt"]
+
+
+@pytest.mark.parametrize("name", ["hgb-nan", "xgb-nan", "impute"])
+def test_null_and_absent_values_are_explained_exactly(
+    nan_client: Any, nan_models: dict[str, Any], name: str
+) -> None:
+    model = nan_models["models"][name]
+    X = nan_models["X"]
+    rows = X[X["income"].isna()].iloc[:6]
+    instances = _instances(rows)
+    for inst in instances[::2]:
+        del inst["income"]  # an absent key means missing too
+    _assert_served_like_model(nan_client, name, model, rows, {0: "declined", 1: "approved"})
+    body = {"instances": instances, "methods": ["shap", "lime", "counterfactual"], "target": "approved"}
+    resp = nan_client.post(f"/v1/models/{name}:explain", json=body)
+    assert resp.status_code == 200, resp.get_json()
+    explanations = resp.get_json()["explanations"]
+    _shap_residuals_ok(explanations)
+    for exp in explanations:
+        assert all(math.isfinite(v) for v in exp["lime"]["contributions"].values())
+        for cf in exp["counterfactual"]["counterfactuals"]:
+            # A missing value is kept as it is: never filled in, never blanked.
+            assert "income" not in cf["changes"] and cf["instance"]["income"] is None
+
+
+def test_xgboost_shap_with_missing_values_equals_pred_contribs(
+    nan_client: Any, nan_models: dict[str, Any]
+) -> None:
+    import xgboost as xgb
+
+    pipe = nan_models["models"]["xgb-nan"]
+    rows = nan_models["X"].iloc[:30]
+    resp = nan_client.post(
+        "/v1/models/xgb-nan:explain", json={"instances": _instances(rows), "target": "approved"}
+    )
+    assert resp.status_code == 200, resp.get_json()
+    Xt = pipe[:-1].transform(rows)
+    contribs = pipe[-1].get_booster().predict(xgb.DMatrix(Xt), pred_contribs=True)
+    region = contribs[:, :3].sum(axis=1)  # one-hot columns come first
+    for i, exp in enumerate(resp.get_json()["explanations"]):
+        values = exp["shap"]["values"]
+        assert values["region"] == pytest.approx(float(region[i]), abs=1e-6)
+        assert values["income"] == pytest.approx(float(contribs[i, 3]), abs=1e-6)
+        assert values["debt"] == pytest.approx(float(contribs[i, 4]), abs=1e-6)
+
+
+def test_a_model_without_missing_values_refuses_null_by_name(nan_client: Any) -> None:
+    row = _instances(_frame().iloc[:1])[0]
+    resp = nan_client.post("/v1/models/strict:explain", json={"instances": [{**row, "income": None}]})
+    assert resp.status_code == 422
+    assert resp.get_json()["errors"] == {"instances.0.income": ["Field may not be null."]}
+    del row["income"]
+    resp = nan_client.post("/v1/models/strict:explain", json={"instances": [row]})
+    assert resp.get_json()["errors"] == {"instances.0.income": ["Missing data for required field."]}
+
+
+def test_a_background_with_missing_values_needs_a_model_that_takes_them(tmp_path: Path) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    clean = _frame()
+    model = _onehot_pipeline(LogisticRegression()).fit(clean, _labels(clean, [0, 1]))
+    with pytest.raises(RegistrationError, match=r"cannot predict.*Input X contains NaN.*SimpleImputer"):
+        register_model(model, "lr", background=_frame(nan=True), models_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+missing_values = st.one_of(
+    st.none(),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.integers(min_value=-(2**65), max_value=2**65),
+    st.text(max_size=4),
+    st.sampled_from(["north", "south", "west"]),
+    st.booleans(),
+)
+
+
+@settings(max_examples=100, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(
+    changes=st.dictionaries(
+        st.sampled_from(["income", "debt", "region", "other"]), missing_values, max_size=3
+    ),
+    drop=st.sets(st.sampled_from(["income", "debt", "region"]), max_size=2),
+)
+def test_fast_validation_agrees_with_the_schema_on_missing_values(
+    nan_models: dict[str, Any], changes: dict, drop: set
+) -> None:
+    from marshmallow import ValidationError
+
+    from explain_service.api.validation import _fast_checker, instance_schema
+
+    model = nan_models["registry"].get("hgb-nan")
+    row = {"income": 50.0, "debt": 20.0, "region": "north", **changes}
+    for key in drop:
+        row.pop(key, None)
+    fast = _fast_checker(model)(row)
+    try:
+        slow = instance_schema(model).load(row)
+    except ValidationError:
+        slow = None
+    if fast is not None:
+        assert slow == fast and all(type(fast[k]) is type(slow[k]) for k in fast)
+    if slow is not None and ("income" not in row or row["income"] is None):
+        assert slow["income"] is None
+
+
+# -- batch: missing cells, one target per job, LIME columns that agree with SHAP ----------------------
+
+
+def _batch(models: Path, *args: str) -> None:
+    from click.testing import CliRunner
+
+    from explain_service.batch.command import batch
+
+    result = CliRunner().invoke(batch, ["--models-dir", str(models), "--progress-every", "0", *args])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    assert result.exit_code == 0, result.output
+
+
+def test_batch_takes_empty_cells_and_explains_one_target_for_the_whole_job(
+    nan_models: dict[str, Any], tmp_path: Path
+) -> None:
+    X = nan_models["X"]
+    X.to_csv(tmp_path / "in.csv", index=False)
+    out = tmp_path / "out.parquet"
+    _batch(
+        nan_models["root"], "--model", "xgb-nan", "--input", str(tmp_path / "in.csv"), "--output", str(out)
+    )
+    rejected = tmp_path / "out.rejected.jsonl"
+    assert not rejected.exists() or rejected.read_bytes() == b""
+    frame = pd.read_parquet(out)
+    assert frame["income"].isna().tolist() == X["income"].isna().tolist()
+    model = nan_models["models"]["xgb-nan"]
+    np.testing.assert_allclose(frame["proba.approved"], model.predict_proba(X)[:, 1], rtol=0, atol=1e-7)
+    # The favourable class for every row, whatever each row's prediction: one scale for the columns.
+    assert set(frame["shap.target"]) == {"approved"} and set(frame["prediction"]) == {"approved", "declined"}
+    assert frame["shap.base_value"].nunique() == 1
+    assert (frame["shap.additivity_residual"].abs() <= 1e-5).all()
+
+    _batch(
+        nan_models["root"], "--model", "xgb-nan", "--input", str(tmp_path / "in.csv"),
+        "--output", str(tmp_path / "per-row.parquet"), "--target", "predicted",
+    )  # fmt: skip
+    per_row = pd.read_parquet(tmp_path / "per-row.parquet")
+    assert per_row["shap.target"].tolist() == per_row["prediction"].tolist()
+
+
+def test_batch_lime_columns_are_contributions_that_agree_with_shap(
+    nan_models: dict[str, Any], tmp_path: Path
+) -> None:
+    X = _frame(300, seed=7)
+    X.to_csv(tmp_path / "in.csv", index=False)
+    out = tmp_path / "out.parquet"
+    _batch(
+        nan_models["root"], "--model", "xgb-nan", "--input", str(tmp_path / "in.csv"), "--output", str(out),
+        "--methods", "shap,lime", "--options", '{"lime": {"num_samples": 512}}',
+    )  # fmt: skip
+    frame = pd.read_parquet(out)
+    assert {"lime.slope.income", "lime.slope.debt", "lime.slope.region"} <= set(frame.columns)
+    for name in ["income", "debt", "region"]:
+        r = np.corrcoef(frame[f"shap.{name}"], frame[f"lime.{name}"])[0, 1]
+        assert r > 0.5, (name, r)

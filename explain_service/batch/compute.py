@@ -23,7 +23,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from explain_service.batch.audit import AUDIT_CALLER, CapturingRecorder, audit_id
-from explain_service.batch.layout import KIND_TYPES, layout_for, prediction_columns, prediction_from_answers
+from explain_service.batch.layout import (
+    feature_array,
+    layout_for,
+    prediction_columns,
+    prediction_from_answers,
+)
 from explain_service.batch.validate import validate_chunk
 from explain_service.explainers import EXPLAINERS
 from explain_service.explainers.counterfactual import counterfactual_goals
@@ -115,8 +120,7 @@ def explain_chunk(model: LoadedModel, chunk: RawChunk, plan: ChunkPlan) -> Chunk
         passthrough = passthrough.filter(pa.array(checked.valid))
     for name in plan.input_columns:
         if name in checked.columns:
-            kind = model.schema[name].kind
-            columns.append(pa.array(checked.columns[name], type=KIND_TYPES[kind]))
+            columns.append(feature_array(model.schema[name], checked.columns[name]))
         else:
             columns.append(passthrough.column(name).combine_chunks())
     audit: list[Any] = []
