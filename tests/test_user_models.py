@@ -585,3 +585,59 @@ def test_batch_lime_columns_are_contributions_that_agree_with_shap(
     for name in ["income", "debt", "region"]:
         r = np.corrcoef(frame[f"shap.{name}"], frame[f"lime.{name}"])[0, 1]
         assert r > 0.5, (name, r)
+
+
+# -- 8. counterfactuals a person can act on -----------------------------------------------------------
+
+
+def test_demo_counterfactuals_respect_the_shipped_constraints(client: Any, registry: Any) -> None:
+    german = registry.get("german-credit")
+    rows = german.background[german.background["saving_accounts"] != "not_known"].head(12)
+    instances = [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()} for r in rows.to_dict("records")]
+    body = {"instances": instances, "methods": ["counterfactual"], "options": {"counterfactual": {"count": 4}}}
+    resp = client.post("/v1/models/german-credit:explain", json=body)
+    assert resp.status_code == 200, resp.get_json()
+    found = 0
+    for exp in resp.get_json()["explanations"]:
+        for cf in exp["counterfactual"]["counterfactuals"]:
+            found += 1
+            changes = cf["changes"]
+            assert "sex" not in changes and "job" not in changes
+            assert changes.get("age", {"from": 0, "to": 0})["to"] >= changes.get("age", {"from": 0})["from"]
+            assert changes.get("saving_accounts", {}).get("to") != "not_known"
+            assert changes.get("checking_account", {}).get("to") != "not_known"
+    assert found > 0
+
+    diabetes = registry.get("diabetes-gbr")
+    rows = [{k: float(v) for k, v in r.items()} for r in diabetes.background.head(4).to_dict("records")]
+    body = {
+        "instances": rows,
+        "methods": ["counterfactual"],
+        "options": {"counterfactual": {"desired_range": [0, 100], "count": 3}},
+    }
+    resp = client.post("/v1/models/diabetes-gbr:explain", json=body)
+    assert resp.status_code == 200, resp.get_json()
+    for exp in resp.get_json()["explanations"]:
+        for cf in exp["counterfactual"]["counterfactuals"]:
+            assert "sex" not in cf["changes"]
+
+
+def test_a_request_can_forbid_categories(client: Any, german_row: dict) -> None:
+    forbid = ["moderate", "rich", "quite rich"]
+    body = {
+        "instances": [german_row],
+        "methods": ["counterfactual"],
+        "options": {"counterfactual": {"constraints": {"saving_accounts": {"forbidden": forbid}}}},
+    }
+    resp = client.post("/v1/models/german-credit:explain", json=body)
+    assert resp.status_code == 200, resp.get_json()
+    for cf in resp.get_json()["explanations"][0]["counterfactual"]["counterfactuals"]:
+        assert cf["instance"]["saving_accounts"] not in forbid
+    body["options"]["counterfactual"]["constraints"] = {"age": {"forbidden": ["22"]}}
+    resp = client.post("/v1/models/german-credit:explain", json=body)
+    assert resp.status_code == 422
+    assert "options.counterfactual.constraints.age.forbidden" in resp.get_json()["errors"]
+    body["options"]["counterfactual"]["constraints"] = {"housing": {"forbidden": ["castle"]}}
+    resp = client.post("/v1/models/german-credit:explain", json=body)
+    assert resp.status_code == 422
+    assert "castle" in resp.get_json()["errors"]["options.counterfactual.constraints.housing.forbidden"][0]

@@ -55,6 +55,7 @@ class Rule:
     direction: str | None = None
     low: float = -np.inf
     high: float = np.inf
+    forbidden: frozenset[int] = frozenset()  # category indices never proposed
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,7 @@ class Space:
             return np.array([])
         if st.kind == "categorical":
             assert st.values is not None
-            return np.array([float(i) for i in range(len(st.values)) if i != x])
+            return np.array([float(i) for i in range(len(st.values)) if i != x and i not in rule.forbidden])
         if st.kind == "boolean":
             other = 1.0 - x
             if (rule.direction == "increase" and other < x) or (rule.direction == "decrease" and other > x):

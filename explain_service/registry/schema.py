@@ -105,11 +105,16 @@ class Feature:
 
 @dataclass(frozen=True)
 class Constraint:
-    """How a counterfactual may change one feature."""
+    """How a counterfactual may change one feature.
+
+    ``forbidden`` lists categories a counterfactual never proposes (e.g. "unknown" or
+    "unemployed"); an instance that already has one keeps it unless another is proposed.
+    """
 
     mutable: bool = True
     direction: Direction | None = None
     range: tuple[float, float] | None = None
+    forbidden: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"mutable": self.mutable}
@@ -117,6 +122,8 @@ class Constraint:
             out["direction"] = self.direction
         if self.range is not None:
             out["range"] = list(self.range)
+        if self.forbidden:
+            out["forbidden"] = list(self.forbidden)
         return out
 
     @classmethod
@@ -126,6 +133,7 @@ class Constraint:
             mutable=bool(data.get("mutable", True)),
             direction=data.get("direction"),
             range=(float(rng[0]), float(rng[1])) if rng is not None else None,
+            forbidden=tuple(str(c) for c in data.get("forbidden") or ()),
         )
 
 
@@ -264,5 +272,13 @@ def infer_schema(
             math.isfinite(c.range[0]) and math.isfinite(c.range[1]) and c.range[0] <= c.range[1]
         ):
             raise ValueError(f"constraint range of {name!r} must be [low, high] with low <= high")
+        if c.forbidden:
+            feat = next(f for f in features if f.name == name)
+            unknown = [v for v in c.forbidden if v not in (feat.categories or ())]
+            if feat.kind != "categorical" or unknown:
+                raise ValueError(
+                    f"constraint forbidden of {name!r} must list categories of a categorical feature"
+                    + (f" (unknown: {unknown})" if feat.kind == "categorical" else "")
+                )
         parsed[name] = c
     return FeatureSchema(tuple(features), parsed)
