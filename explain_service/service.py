@@ -25,6 +25,7 @@ from explain_service.explainers.reasons import reasons
 from explain_service.registry.model import LoadedModel, Prepared, Rows
 
 METHOD_ORDER = ("shap", "lime", "counterfactual")
+STRICT_RANGES = "strict_ranges"  # options.strict_ranges: refuse values outside the observed ranges
 
 
 class Recorder(Protocol):
@@ -89,6 +90,9 @@ class ExplainService:
         loaded: dict[str, dict[str, Any]] = {}
         for method in methods:
             given = raw.get(method) or {}
+            if not isinstance(given, dict):
+                errors[f"options.{method}"] = ["Not a valid mapping type."]
+                continue
             try:
                 loaded[method] = _options_schema(self.explainers[method]).load(given)
             except ValidationError as exc:
@@ -150,17 +154,23 @@ class ExplainService:
         (a plain frame is prepared here); ``instances`` are the validated records behind them
         when the caller has them.
         """
-        loaded = self.load_options(methods, options or {})
+        strict = (options or {}).get(STRICT_RANGES, False)
+        loaded = self.load_options(methods, {k: v for k, v in (options or {}).items() if k != STRICT_RANGES})
+        if not isinstance(strict, bool):
+            raise ValidationFailed({f"options.{STRICT_RANGES}": ["Not a valid boolean."]})
         target_index = self.resolve_target(model, target)
         if not isinstance(rows, Prepared):
             rows = model.prepare(rows)
+        flags = model.schema.flags(rows.frame)
+        if strict:
+            _refuse_out_of_range(model, flags)
         pred = self.predict(model, rows)
         per_method = self.run_methods(model, rows, pred, target_index, loaded)
         if instances is None:
             instances = rows_as_dicts(rows.frame)
         explanations = []
         for i, instance in enumerate(instances):
-            item: dict[str, Any] = {"prediction": pred.answers[i]}
+            item: dict[str, Any] = {"prediction": pred.answers[i], "flags": flags[i]}
             for method in methods:
                 item[method] = per_method[method][i]
             found = item_reasons(model, item, instance)
@@ -200,6 +210,16 @@ def item_reasons(
         favorable=model.favorable,
         class_names=model.class_names,
     )
+
+
+def _refuse_out_of_range(model: LoadedModel, flags: list[dict[str, list[str]]]) -> None:
+    errors: dict[str, list[str]] = {}
+    for i, row in enumerate(flags):
+        for name in row.get("out_of_range", []):
+            f = model.schema[name]
+            errors[f"instances.{i}.{name}"] = [f"Outside the range seen at registration [{f.min}, {f.max}]."]
+    if errors:
+        raise ValidationFailed(errors)
 
 
 _OPTION_SCHEMAS: dict[type, Any] = {}

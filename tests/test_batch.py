@@ -152,6 +152,7 @@ def test_regression_model_has_value_prediction_and_raw_shap(
     assert out.columns.tolist() == [
         *model.schema.names,
         "prediction",
+        "flags",
         "shap.target",
         "shap.output",
         "shap.base_value",
@@ -191,7 +192,8 @@ def test_lime_and_counterfactual_columns(
     )  # fmt: skip
     model = batch_registry.get("german-credit")
     names = model.schema.names
-    assert out.columns.tolist()[13:] == [
+    assert out.columns.tolist()[13] == "flags"
+    assert out.columns.tolist()[14:] == [
         *[
             "shap.target",
             "shap.output",

@@ -7,6 +7,7 @@ local accuracy is checked on rows with missing values.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -509,9 +510,8 @@ missing_values = st.one_of(
 def test_fast_validation_agrees_with_the_schema_on_missing_values(
     nan_models: dict[str, Any], changes: dict, drop: set
 ) -> None:
-    from marshmallow import ValidationError
-
     from explain_service.api.validation import _fast_checker, instance_schema
+    from marshmallow import ValidationError
 
     model = nan_models["registry"].get("hgb-nan")
     row = {"income": 50.0, "debt": 20.0, "region": "north", **changes}
@@ -593,8 +593,14 @@ def test_batch_lime_columns_are_contributions_that_agree_with_shap(
 def test_demo_counterfactuals_respect_the_shipped_constraints(client: Any, registry: Any) -> None:
     german = registry.get("german-credit")
     rows = german.background[german.background["saving_accounts"] != "not_known"].head(12)
-    instances = [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()} for r in rows.to_dict("records")]
-    body = {"instances": instances, "methods": ["counterfactual"], "options": {"counterfactual": {"count": 4}}}
+    instances = [
+        {k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()} for r in rows.to_dict("records")
+    ]
+    body = {
+        "instances": instances,
+        "methods": ["counterfactual"],
+        "options": {"counterfactual": {"count": 4}},
+    }
     resp = client.post("/v1/models/german-credit:explain", json=body)
     assert resp.status_code == 200, resp.get_json()
     found = 0
@@ -641,3 +647,37 @@ def test_a_request_can_forbid_categories(client: Any, german_row: dict) -> None:
     resp = client.post("/v1/models/german-credit:explain", json=body)
     assert resp.status_code == 422
     assert "castle" in resp.get_json()["errors"]["options.counterfactual.constraints.housing.forbidden"][0]
+
+
+# -- 7. values outside what the model saw ------------------------------------------------------------
+
+
+def test_out_of_range_values_are_flagged_and_refused_when_strict(client: Any, german_row: dict) -> None:
+    row = {**german_row, "age": 150}
+    resp = client.post("/v1/models/german-credit:explain", json={"instances": [row, german_row]})
+    assert resp.status_code == 200, resp.get_json()
+    first, second = resp.get_json()["explanations"]
+    assert first["flags"] == {"out_of_range": ["age"]} and second["flags"] == {}
+    body = {"instances": [row], "options": {"strict_ranges": True}}
+    resp = client.post("/v1/models/german-credit:explain", json=body)
+    assert resp.status_code == 422
+    assert list(resp.get_json()["errors"]) == ["instances.0.age"]
+    resp = client.post("/v1/models/german-credit:explain", json={**body, "options": {"strict_ranges": "yes"}})
+    assert resp.status_code == 422 and "options.strict_ranges" in resp.get_json()["errors"]
+
+
+def test_batch_writes_a_flags_column(nan_models: dict[str, Any], tmp_path: Path) -> None:
+    X = _frame(5).assign(debt=[20.0, -100.0, 20.0, 500.0, 20.0])
+    X.loc[0, "income"] = np.nan
+    X.to_csv(tmp_path / "in.csv", index=False)
+    _batch(
+        nan_models["root"],
+        "--model",
+        "hgb-nan",
+        "--input",
+        str(tmp_path / "in.csv"),
+        "--output",
+        str(tmp_path / "o.parquet"),
+    )
+    flags = [json.loads(f) for f in pd.read_parquet(tmp_path / "o.parquet")["flags"]]
+    assert flags == [{"missing": ["income"]}, {"out_of_range": ["debt"]}, {}, {"out_of_range": ["debt"]}, {}]

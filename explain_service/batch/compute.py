@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 from explain_service.batch.audit import AUDIT_CALLER, CapturingRecorder, audit_id
 from explain_service.batch.layout import (
     feature_array,
+    flags_column,
     layout_for,
     prediction_columns,
     prediction_from_answers,
@@ -155,6 +156,7 @@ def _explained_columns(model: LoadedModel, columns: dict[str, np.ndarray], plan:
     rows = model.prepare(typed_frame(columns), columns)
     X = rows.matrix
     out, classes = prediction_columns(model, X)
+    out.append(flags_column(model.schema.flags(rows.frame)))
     targets: np.ndarray | None = None
     if model.is_classifier:
         assert classes is not None
@@ -204,6 +206,7 @@ def _audited_columns(
         answers += answer["explanations"]
         entries += recorder.entries
     out = prediction_from_answers(model, [a["prediction"] for a in answers])
+    out.append(flags_column([a["flags"] for a in answers]))
     for method in plan.methods:
         out += layout_for(method).from_answers(model, [a[method] for a in answers])
     return out, entries

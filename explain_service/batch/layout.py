@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import orjson
+import pandas as pd
 import pyarrow as pa
 
 from explain_service.registry.model import LoadedModel, Rows, frame_of
@@ -26,7 +27,7 @@ KIND_TYPES: dict[str, pa.DataType] = {
     "categorical": pa.string(),
 }
 RESERVED_PREFIXES = ("proba.", "shap.", "lime.", "counterfactual.")
-RESERVED_NAMES = ("prediction",)
+RESERVED_NAMES = ("prediction", "flags")
 
 
 def feature_field(feature: Feature) -> pa.Field:
@@ -48,12 +49,20 @@ def feature_array(feature: Feature, values: np.ndarray) -> pa.Array:
 
 
 def prediction_fields(model: LoadedModel) -> list[pa.Field]:
-    """``prediction`` (class label or value) and ``proba.<class>`` for classifiers."""
+    """``prediction`` (class label or value), ``proba.<class>`` for classifiers, then ``flags``."""
+    flags = pa.field("flags", pa.string(), nullable=False)
     if not model.is_classifier:
-        return [pa.field("prediction", pa.float64(), nullable=False)]
-    return [pa.field("prediction", pa.string(), nullable=False)] + [
-        pa.field(f"proba.{c}", pa.float64(), nullable=False) for c in model.class_names
+        return [pa.field("prediction", pa.float64(), nullable=False), flags]
+    return [
+        pa.field("prediction", pa.string(), nullable=False),
+        *(pa.field(f"proba.{c}", pa.float64(), nullable=False) for c in model.class_names),
+        flags,
     ]
+
+
+def flags_column(flags: list[dict[str, list[str]]]) -> pa.Array:
+    """``flags``: per row, the JSON of the features outside the registration's ranges (``{}`` when none)."""
+    return pa.array([orjson.dumps(f, option=orjson.OPT_SORT_KEYS).decode() for f in flags], type=pa.string())
 
 
 def prediction_columns(model: LoadedModel, X: np.ndarray) -> tuple[list[pa.Array], np.ndarray | None]:

@@ -47,7 +47,10 @@ GERMAN_CONSTRAINTS: dict[str, dict[str, Any]] = {
     "saving_accounts": {"forbidden": ["not_known"]},
     "checking_account": {"forbidden": ["not_known"]},
 }
-DIABETES_CONSTRAINTS: dict[str, dict[str, Any]] = {"sex": {"mutable": False}, "age": {"direction": "increase"}}
+DIABETES_CONSTRAINTS: dict[str, dict[str, Any]] = {
+    "sex": {"mutable": False},
+    "age": {"direction": "increase"},
+}
 
 
 def german_credit_frame() -> tuple[pd.DataFrame, pd.Series]:

@@ -157,6 +157,26 @@ class FeatureSchema:
     def constraint(self, name: str) -> Constraint:
         return self.constraints.get(name, Constraint())
 
+    def flags(self, rows: pd.DataFrame) -> list[dict[str, list[str]]]:
+        """Per row, the features outside what the background showed at registration.
+
+        ``out_of_range``: numeric or integer values below the observed min or above the max;
+        ``missing``: features with no value. Empty lists are left out.
+        """
+        out: list[dict[str, list[str]]] = [{} for _ in range(len(rows))]
+        for f in self.features:
+            col = rows[f.name].to_numpy()
+            if f.is_numeric and f.min is not None and f.max is not None:
+                values = col.astype(np.float64)
+                with np.errstate(invalid="ignore"):
+                    beyond = (values < float(f.min)) | (values > float(f.max))
+                for i in np.flatnonzero(beyond).tolist():
+                    out[i].setdefault("out_of_range", []).append(f.name)
+            if f.missing:
+                for i in np.flatnonzero(pd.isna(col)).tolist():
+                    out[i].setdefault("missing", []).append(f.name)
+        return out
+
     def coerce(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Return ``frame`` with the schema's column order and dtypes.
 
