@@ -510,14 +510,15 @@ missing_values = st.one_of(
 def test_fast_validation_agrees_with_the_schema_on_missing_values(
     nan_models: dict[str, Any], changes: dict, drop: set
 ) -> None:
-    from explain_service.api.validation import _fast_checker, instance_schema
     from marshmallow import ValidationError
+
+    from explain_service.validation import fast_checker, instance_schema
 
     model = nan_models["registry"].get("hgb-nan")
     row = {"income": 50.0, "debt": 20.0, "region": "north", **changes}
     for key in drop:
         row.pop(key, None)
-    fast = _fast_checker(model)(row)
+    fast = fast_checker(model)(row)
     try:
         slow = instance_schema(model).load(row)
     except ValidationError:

@@ -86,6 +86,9 @@ class ChunkPlan:
     schema: pa.Schema
     raw_options: dict[str, Any] = field(default_factory=dict)
     audit_job: str | None = None
+    # The class counterfactuals aim at: the --target class when one was named, else the one rule
+    # of ``counterfactual_goals`` (None), not the job's default attribution target.
+    counterfactual_target: str | None = None
 
 
 @dataclass
@@ -166,7 +169,8 @@ def _explained_columns(model: LoadedModel, columns: dict[str, np.ndarray], plan:
     for method in plan.methods:
         method_targets = targets
         if method == "counterfactual" and model.is_classifier:
-            target_index = model.class_names.index(plan.target) if plan.target is not None else None
+            goal = plan.counterfactual_target
+            target_index = model.class_names.index(goal) if goal is not None else None
             method_targets = counterfactual_goals(model, model.proba_matrix(X), target_index)
         out += layout_for(method).columns(
             model, EXPLAINERS[method], rows, method_targets, plan.options[method]
@@ -183,7 +187,7 @@ def _audited_columns(
     the one an API call would have stored; counterfactuals go one row per call, as in
     :class:`~explain_service.batch.layout.CounterfactualLayout`.
     """
-    from explain_service.service import ExplainService
+    from explain_service.service import SAME_TARGET, ExplainService
 
     assert plan.audit_job is not None
     ids = [audit_id(plan.audit_job, r) for r in numbers]
@@ -202,6 +206,9 @@ def _audited_columns(
             target=plan.target,
             options=plan.raw_options,
             caller=AUDIT_CALLER,
+            counterfactual_target=(
+                SAME_TARGET if plan.counterfactual_target == plan.target else plan.counterfactual_target
+            ),
         )
         answers += answer["explanations"]
         entries += recorder.entries

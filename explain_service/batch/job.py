@@ -186,6 +186,7 @@ def prepare(spec: JobSpec) -> PreparedJob:
         model_sha256=model.sha256,
         methods=tuple(methods),
         target=target,
+        counterfactual_target=target if spec.target is not None else None,
         options=options,
         input_columns=info.columns,
         schema=output_schema(model, _input_fields(model, info), methods, metadata_doc),
