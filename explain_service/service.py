@@ -25,6 +25,8 @@ from explain_service.explainers.reasons import reasons
 from explain_service.registry.model import LoadedModel, Prepared, Rows
 
 METHOD_ORDER = ("shap", "lime", "counterfactual")
+SAME_TARGET: Any = object()  # counterfactuals aim as the request's target says
+STRICT_RANGES = "strict_ranges"  # options.strict_ranges: refuse values outside the observed ranges
 
 
 class Recorder(Protocol):
@@ -89,6 +91,9 @@ class ExplainService:
         loaded: dict[str, dict[str, Any]] = {}
         for method in methods:
             given = raw.get(method) or {}
+            if not isinstance(given, dict):
+                errors[f"options.{method}"] = ["Not a valid mapping type."]
+                continue
             try:
                 loaded[method] = _options_schema(self.explainers[method]).load(given)
             except ValidationError as exc:
@@ -115,6 +120,7 @@ class ExplainService:
         pred: Prediction,
         target_index: int | None,
         options: dict[str, dict[str, Any]],
+        goal_index: int | object | None = SAME_TARGET,
     ) -> dict[str, list[dict[str, Any]]]:
         """Each method's per-row results, for the loaded ``options`` of every method to run.
 
@@ -128,7 +134,8 @@ class ExplainService:
         for method, method_options in options.items():
             method_targets = targets
             if method == "counterfactual" and pred.proba is not None:
-                method_targets = counterfactual_goals(model, pred.proba, target_index)
+                goal = target_index if goal_index is SAME_TARGET else goal_index
+                method_targets = counterfactual_goals(model, pred.proba, goal)  # type: ignore[arg-type]
             per_method[method] = self.explainers[method].explain(model, rows, method_targets, method_options)
         return per_method
 
@@ -143,24 +150,38 @@ class ExplainService:
         caller: str | None = None,
         record: bool = True,
         instances: list[dict[str, Any]] | None = None,
+        counterfactual_target: Any = SAME_TARGET,
     ) -> dict[str, Any]:
         """Predict once, run every requested method, record, and answer.
 
         ``rows`` are typed rows, prepared by ``model`` once for the prediction and every method
         (a plain frame is prepared here); ``instances`` are the validated records behind them
-        when the caller has them.
+        when the caller has them. ``counterfactual_target`` (a batch job whose attributions
+        explain one default class) lets counterfactuals aim elsewhere; it is recorded with the
+        request so the record replays.
         """
-        loaded = self.load_options(methods, options or {})
+        strict = (options or {}).get(STRICT_RANGES, False)
+        loaded = self.load_options(methods, {k: v for k, v in (options or {}).items() if k != STRICT_RANGES})
+        if not isinstance(strict, bool):
+            raise ValidationFailed({f"options.{STRICT_RANGES}": ["Not a valid boolean."]})
         target_index = self.resolve_target(model, target)
         if not isinstance(rows, Prepared):
             rows = model.prepare(rows)
+        flags = model.schema.flags(rows.frame)
+        if strict:
+            _refuse_out_of_range(model, flags)
         pred = self.predict(model, rows)
-        per_method = self.run_methods(model, rows, pred, target_index, loaded)
+        goal_index = (
+            target_index
+            if counterfactual_target is SAME_TARGET
+            else self.resolve_target(model, counterfactual_target)
+        )
+        per_method = self.run_methods(model, rows, pred, target_index, loaded, goal_index)
         if instances is None:
             instances = rows_as_dicts(rows.frame)
         explanations = []
         for i, instance in enumerate(instances):
-            item: dict[str, Any] = {"prediction": pred.answers[i]}
+            item: dict[str, Any] = {"prediction": pred.answers[i], "flags": flags[i]}
             for method in methods:
                 item[method] = per_method[method][i]
             found = item_reasons(model, item, instance)
@@ -168,6 +189,8 @@ class ExplainService:
                 item["reasons"] = found
             explanations.append(item)
         request = {"methods": methods, "target": target, "options": options or {}}
+        if counterfactual_target is not SAME_TARGET:
+            request["counterfactual_target"] = counterfactual_target
         entries = [
             {"instance": inst, "request": request, "explanation": exp}
             for inst, exp in zip(instances, explanations, strict=True)
@@ -200,6 +223,16 @@ def item_reasons(
         favorable=model.favorable,
         class_names=model.class_names,
     )
+
+
+def _refuse_out_of_range(model: LoadedModel, flags: list[dict[str, list[str]]]) -> None:
+    errors: dict[str, list[str]] = {}
+    for i, row in enumerate(flags):
+        for name in row.get("out_of_range", []):
+            f = model.schema[name]
+            errors[f"instances.{i}.{name}"] = [f"Outside the range seen at registration [{f.min}, {f.max}]."]
+    if errors:
+        raise ValidationFailed(errors)
 
 
 _OPTION_SCHEMAS: dict[type, Any] = {}

@@ -8,7 +8,8 @@ schemas are generated from a model's feature schema and cached by the model's sh
 * integer: as numeric, integral, and within +/-2**53
   (:data:`~explain_service.registry.schema.INTEGER_BOUND`), the integers every path holds exactly;
 * boolean: ``true``/``false``; categorical: one of the categories seen at registration;
-* unknown or missing features are rejected.
+* unknown features are rejected, and so is a null or absent value unless the feature takes
+  missing values (the manifest's ``missing: true``): then it reaches the model as NaN.
 
 A row whose values pass can still overflow once preprocessed (a scaler with a small scale turns
 3e38 into infinity); :func:`transformed_errors` finds those cells in the estimator's matrix and
@@ -39,18 +40,27 @@ TRANSFORMED_OUT_OF_RANGE = "Out of range once preprocessed for the model; use a 
 
 
 def feature_field(feature: Feature) -> fields.Field:
-    """The marshmallow field validating one input feature."""
+    """The marshmallow field validating one input feature.
+
+    A feature that takes missing values accepts ``null`` and an absent key (both loaded as None,
+    which typed rows hold as NaN); any other feature requires a value.
+    """
     meta = {"description": feature.description or feature.name}
+    presence: dict[str, Any] = (
+        {"required": False, "allow_none": True, "load_default": None}
+        if feature.missing
+        else {"required": True}
+    )
     if feature.kind == "numeric":
-        return StrictFloat(bound=NUMERIC_BOUND, required=True, metadata=meta)
+        return StrictFloat(bound=NUMERIC_BOUND, metadata=meta, **presence)
     if feature.kind == "integer":
-        return StrictInteger(bound=INTEGER_BOUND, required=True, metadata=meta)
+        return StrictInteger(bound=INTEGER_BOUND, metadata=meta, **presence)
     if feature.kind == "boolean":
-        return StrictBoolean(required=True, metadata=meta)
+        return StrictBoolean(metadata=meta, **presence)
     return fields.String(
-        required=True,
         validate=validate.OneOf(list(feature.categories or ())),
         metadata=meta,
+        **presence,
     )
 
 
@@ -89,23 +99,29 @@ def fast_checker(model: LoadedModel) -> Callable[[dict[str, Any]], dict[str, Any
     if checker is not None:
         return checker
     names = frozenset(model.schema.names)
-    checks: list[tuple[str, Callable[[Any], Any]]] = []
+    required = frozenset(f.name for f in model.schema.features if not f.missing)
+    checks: list[tuple[str, bool, Callable[[Any], Any]]] = []
     for f in model.schema.features:
         if f.kind == "numeric":
-            checks.append((f.name, _numeric))
+            checks.append((f.name, f.missing, _numeric))
         elif f.kind == "integer":
-            checks.append((f.name, _integer))
+            checks.append((f.name, f.missing, _integer))
         elif f.kind == "boolean":
-            checks.append((f.name, _boolean))
+            checks.append((f.name, f.missing, _boolean))
         else:
-            checks.append((f.name, _category(frozenset(f.categories or ()))))
+            checks.append((f.name, f.missing, _category(frozenset(f.categories or ()))))
 
     def check(inst: dict[str, Any]) -> dict[str, Any] | None:
-        if inst.keys() != names:
+        keys = inst.keys()
+        if not (keys <= names and required <= keys):
             return None
-        out = {}
-        for name, fn in checks:
-            value = fn(inst[name])
+        out: dict[str, Any] = {}
+        for name, nullable, fn in checks:
+            raw = inst.get(name)
+            if raw is None and nullable:
+                out[name] = None
+                continue
+            value = fn(raw)
             if value is None:
                 return None
             out[name] = value
@@ -134,7 +150,10 @@ def transformed_errors(model: LoadedModel, X: np.ndarray) -> dict[int, dict[str,
     cannot be mapped back, the whole row is named (``_row``).
     """
     with np.errstate(invalid="ignore"):
-        bad = ~(np.abs(X) <= NUMERIC_BOUND)
+        if any(f.missing for f in model.schema.features):
+            bad = np.abs(X) > NUMERIC_BOUND  # NaN is a missing value here, the model's to handle
+        else:
+            bad = ~(np.abs(X) <= NUMERIC_BOUND)
     if not bad.any():
         return {}
     names = model.schema.names

@@ -80,13 +80,16 @@ def typed(model, frame: pd.DataFrame) -> pd.DataFrame:
 # -- the numbers -------------------------------------------------------------------------------------
 
 SHAP_CASES = [
-    ((), None, None),
-    (("--target", "good", "--output-space", "probability"), "good", "probability"),
+    (("--target", "predicted"), "predicted", None),
+    ((), "good", None),
+    (("--target", "bad", "--output-space", "probability"), "bad", "probability"),
 ]
 
 
 @pytest.mark.parametrize(
-    ("args", "target", "space"), SHAP_CASES, ids=["predicted-class-log-odds", "good-probability"]
+    ("args", "target", "space"),
+    SHAP_CASES,
+    ids=["predicted-class-log-odds", "default-favourable-log-odds", "bad-probability"],
 )
 def test_german_credit_columns_equal_in_process_explanations(
     batch_models: Path, batch_registry: ModelRegistry, tmp_path: Path, args, target, space
@@ -107,7 +110,9 @@ def test_german_credit_columns_equal_in_process_explanations(
     model = batch_registry.get("german-credit")
     rows = typed(model, source)
     proba = model.predict_proba(rows)
-    targets = np.full(len(rows), 1) if target == "good" else proba.argmax(axis=1)
+    targets = (
+        proba.argmax(axis=1) if target == "predicted" else np.full(len(rows), model.class_names.index(target))
+    )
     expected = ShapExplainer().explain(model, rows, targets, ShapOptions().load({"output": space}))
 
     assert list(out.columns[:10]) == ["id", *model.schema.names]
@@ -147,6 +152,7 @@ def test_regression_model_has_value_prediction_and_raw_shap(
     assert out.columns.tolist() == [
         *model.schema.names,
         "prediction",
+        "flags",
         "shap.target",
         "shap.output",
         "shap.base_value",
@@ -186,7 +192,8 @@ def test_lime_and_counterfactual_columns(
     )  # fmt: skip
     model = batch_registry.get("german-credit")
     names = model.schema.names
-    assert out.columns.tolist()[13:] == [
+    assert out.columns.tolist()[13] == "flags"
+    assert out.columns.tolist()[14:] == [
         *[
             "shap.target",
             "shap.output",
@@ -195,14 +202,17 @@ def test_lime_and_counterfactual_columns(
             "shap.additivity_residual",
         ],
         *["lime.target", "lime.intercept", "lime.score", *(f"lime.{n}" for n in names)],
+        *(f"lime.slope.{n}" for n in names),
         "counterfactual.json",
     ]
     lime = EXPLAINERS["lime"]
     rows = typed(model, source)
-    targets = model.predict_proba(rows).argmax(axis=1)
+    targets = np.full(len(rows), model.class_names.index("good"))  # the favourable class, for every row
     expected = lime.explain(model, rows, targets, lime.options_schema().load({"num_samples": 500}))
+    assert out["lime.target"].tolist() == ["good"] * len(rows)
     for name in names:
-        assert out[f"lime.{name}"].tolist() == [e["weights"][name] for e in expected]
+        assert out[f"lime.{name}"].tolist() == [e["contributions"][name] for e in expected]
+        assert out[f"lime.slope.{name}"].tolist() == [e["weights"][name] for e in expected]
     assert out["lime.score"].tolist() == [e["score"] for e in expected]
     # rows predicted "good" (the favourable class) aim at "bad", the others at "good"
     goals = ["bad" if t == model.class_names.index("good") else "good" for t in targets]

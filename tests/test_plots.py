@@ -79,6 +79,13 @@ CREDIT = {
         "target": "bad",
         "intercept": 0.4,
         "weights": {"age": 0.02, "duration": 0.11, "purpose": -0.04, "checking_account": 0.08, "sex": 0.0},
+        "contributions": {
+            "age": -0.031,
+            "duration": 0.11,
+            "purpose": -0.02,
+            "checking_account": 0.05,
+            "sex": 0.0,
+        },
         "score": 0.81,
         "seed": 123,
         "num_samples": 2000,
@@ -301,6 +308,15 @@ def test_bars_show_values_with_the_feature_values(plot: Any) -> None:
     shown = texts(plot(CREDIT, CREDIT_ROW, MODEL))
     assert "duration = 48" in shown
     assert "+0.110" in shown or "+0.900" in shown
+
+
+def test_lime_plot_draws_contributions_not_slopes() -> None:
+    shown = texts(lime_weights(CREDIT, CREDIT_ROW, MODEL))
+    assert any("LIME contributions" in t for t in shown)
+    assert "\N{MINUS SIGN}0.031" in shown  # age's contribution; its slope (+0.020) is not drawn
+    assert "+0.020" not in shown
+    old = {**CREDIT, "lime": {k: v for k, v in CREDIT["lime"].items() if k != "contributions"}}
+    assert any("LIME slopes" in t for t in texts(lime_weights(old, CREDIT_ROW, MODEL)))
 
 
 def test_lime_subtitle_reports_fit_seed_and_samples() -> None:

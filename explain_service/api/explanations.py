@@ -14,7 +14,7 @@ from explain_service.audit.store import StoredRecord
 from explain_service.errors import ExplanationNotFound, ModelNotFound
 from explain_service.explainers.base import canonical_json
 from explain_service.jsonio import json_response
-from explain_service.service import plot_urls
+from explain_service.service import SAME_TARGET, plot_urls
 from explain_service.validation import validate_instances
 
 blp = Blueprint(
@@ -102,6 +102,7 @@ class VerifyView(MethodView):
             options=req["options"],
             instances=records,
             record=False,
+            counterfactual_target=req.get("counterfactual_target", SAME_TARGET),
         )
         fresh = dict(answer["explanations"][0])
         fresh.pop("id")

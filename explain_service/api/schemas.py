@@ -15,7 +15,8 @@ from marshmallow import Schema, ValidationError, fields, pre_load, validate
 
 from explain_service.errors import MAX_LISTED_ERRORS
 from explain_service.explainers import EXPLAINERS
-from explain_service.service import METHOD_ORDER
+from explain_service.fields import StrictBoolean
+from explain_service.service import METHOD_ORDER, STRICT_RANGES
 
 
 class CheckedNested(fields.Nested):
@@ -30,12 +31,17 @@ class CheckedNested(fields.Nested):
 
 MethodOptions = Schema.from_dict(
     {
-        name: CheckedNested(
-            EXPLAINERS[name].options_schema,
-            metadata={"description": f"Options of the {name} method."},
-        )
-        for name in METHOD_ORDER
-        if name in EXPLAINERS
+        **{
+            name: CheckedNested(
+                EXPLAINERS[name].options_schema,
+                metadata={"description": f"Options of the {name} method."},
+            )
+            for name in METHOD_ORDER
+            if name in EXPLAINERS
+        },
+        STRICT_RANGES: StrictBoolean(
+            metadata={"description": "Refuse values outside the [min, max] seen at registration (422)."}
+        ),
     },
     name="MethodOptions",
 )
@@ -79,7 +85,10 @@ class ExplainRequest(PredictRequest):
     options = CheckedNested(
         MethodOptions,
         load_default=dict,
-        metadata={"description": 'Per requested method, e.g. {"shap": {"output": "probability"}}.'},
+        metadata={
+            "description": 'Per requested method, e.g. {"shap": {"output": "probability"}}, and '
+            '"strict_ranges": true to refuse values outside the ranges seen at registration.'
+        },
     )
 
     @pre_load
@@ -197,6 +206,13 @@ class ReasonSchema(Schema):
 class ExplanationSchema(Schema):
     id = fields.String()
     prediction = fields.Nested(PredictionSchema)
+    flags = fields.Dict(
+        keys=fields.String(),
+        values=fields.List(fields.String()),
+        metadata={
+            "description": "out_of_range: features outside the observed [min, max]; missing: features sent null."
+        },
+    )
     shap = fields.Nested(ShapSchema)
     lime = fields.Nested(LimeSchema)
     counterfactual = fields.Nested(CounterfactualSchema)

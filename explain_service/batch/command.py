@@ -53,7 +53,12 @@ Output columns, in this order:
   proba.<class>           class probabilities (classifiers)
   shap.target, shap.output, shap.base_value, shap.<feature> (one per input
   feature, one-hot columns summed back), shap.additivity_residual
-  lime.target, lime.intercept, lime.score, lime.<feature>   (--methods lime)
+  shap.target is one class for the whole job (--target; by default the
+  favourable class, else a binary model's second class, else each row's
+  predicted class)
+  lime.target, lime.intercept, lime.score, lime.<feature> (the feature's
+  contribution, comparable with shap.<feature>), lime.slope.<feature> (the
+  surrogate's weight)                                      (--methods lime)
   counterfactual.json     the counterfactual answer as JSON (--methods
                           counterfactual)
 
@@ -105,7 +110,13 @@ def _parse_model(value: str) -> tuple[str, str | None]:
     help="result file (.parquet)",
 )
 @click.option("--methods", default="shap", show_default=True, help="comma-separated explanation methods")
-@click.option("--target", default=None, metavar="CLASS", help="class to explain (default: the predicted one)")
+@click.option(
+    "--target",
+    default=None,
+    metavar="CLASS|predicted",
+    help="class every row is explained for (default: the favourable class, else the second class of a "
+    "binary model, else each row's predicted class); 'predicted': each row's predicted class",
+)
 @click.option(
     "--output-space",
     type=click.Choice(["log_odds", "probability", "raw"]),

@@ -23,7 +23,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from explain_service.batch.audit import AUDIT_CALLER, CapturingRecorder, audit_id
-from explain_service.batch.layout import KIND_TYPES, layout_for, prediction_columns, prediction_from_answers
+from explain_service.batch.layout import (
+    feature_array,
+    flags_column,
+    layout_for,
+    prediction_columns,
+    prediction_from_answers,
+)
 from explain_service.batch.validate import validate_chunk
 from explain_service.explainers import EXPLAINERS
 from explain_service.explainers.counterfactual import counterfactual_goals
@@ -80,6 +86,9 @@ class ChunkPlan:
     schema: pa.Schema
     raw_options: dict[str, Any] = field(default_factory=dict)
     audit_job: str | None = None
+    # The class counterfactuals aim at: the --target class when one was named, else the one rule
+    # of ``counterfactual_goals`` (None), not the job's default attribution target.
+    counterfactual_target: str | None = None
 
 
 @dataclass
@@ -115,8 +124,7 @@ def explain_chunk(model: LoadedModel, chunk: RawChunk, plan: ChunkPlan) -> Chunk
         passthrough = passthrough.filter(pa.array(checked.valid))
     for name in plan.input_columns:
         if name in checked.columns:
-            kind = model.schema[name].kind
-            columns.append(pa.array(checked.columns[name], type=KIND_TYPES[kind]))
+            columns.append(feature_array(model.schema[name], checked.columns[name]))
         else:
             columns.append(passthrough.column(name).combine_chunks())
     audit: list[Any] = []
@@ -151,6 +159,7 @@ def _explained_columns(model: LoadedModel, columns: dict[str, np.ndarray], plan:
     rows = model.prepare(typed_frame(columns), columns)
     X = rows.matrix
     out, classes = prediction_columns(model, X)
+    out.append(flags_column(model.schema.flags(rows.frame)))
     targets: np.ndarray | None = None
     if model.is_classifier:
         assert classes is not None
@@ -160,7 +169,8 @@ def _explained_columns(model: LoadedModel, columns: dict[str, np.ndarray], plan:
     for method in plan.methods:
         method_targets = targets
         if method == "counterfactual" and model.is_classifier:
-            target_index = model.class_names.index(plan.target) if plan.target is not None else None
+            goal = plan.counterfactual_target
+            target_index = model.class_names.index(goal) if goal is not None else None
             method_targets = counterfactual_goals(model, model.proba_matrix(X), target_index)
         out += layout_for(method).columns(
             model, EXPLAINERS[method], rows, method_targets, plan.options[method]
@@ -177,7 +187,7 @@ def _audited_columns(
     the one an API call would have stored; counterfactuals go one row per call, as in
     :class:`~explain_service.batch.layout.CounterfactualLayout`.
     """
-    from explain_service.service import ExplainService
+    from explain_service.service import SAME_TARGET, ExplainService
 
     assert plan.audit_job is not None
     ids = [audit_id(plan.audit_job, r) for r in numbers]
@@ -196,10 +206,14 @@ def _audited_columns(
             target=plan.target,
             options=plan.raw_options,
             caller=AUDIT_CALLER,
+            counterfactual_target=(
+                SAME_TARGET if plan.counterfactual_target == plan.target else plan.counterfactual_target
+            ),
         )
         answers += answer["explanations"]
         entries += recorder.entries
     out = prediction_from_answers(model, [a["prediction"] for a in answers])
+    out.append(flags_column([a["flags"] for a in answers]))
     for method in plan.methods:
         out += layout_for(method).from_answers(model, [a[method] for a in answers])
     return out, entries

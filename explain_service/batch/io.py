@@ -7,7 +7,8 @@ the file's row groups are.
 
 CSV columns are read as follows: categorical features and every column that
 is not a feature as text, exactly as written (``keep_default_na=False``: an
-empty cell or ``NA`` is text, not a missing value); numeric, integer and
+empty cell or ``NA`` is text, not a missing value, except that an empty cell of
+a categorical feature that takes missing values is missing); numeric, integer and
 boolean features with pandas' number and ``True``/``False`` parsing, where an
 empty cell or one of pandas' usual missing markers (``NA``, ``NaN``, ``null``
 ...) is a missing value. Cells that do not parse stay text and are judged by
@@ -144,6 +145,8 @@ def _csv_raw_chunks(info: InputInfo, schema: FeatureSchema, chunk_size: int) -> 
     extras = [f.name for f in info.passthrough]
     text_columns = [f.name for f in schema.features if f.kind == "categorical"] + extras
     parsed = {f.name: MISSING_TEXT for f in schema.features if f.kind != "categorical"}
+    # A categorical feature that takes missing values reads an empty cell as missing ("NA" stays text).
+    parsed.update({f.name: [""] for f in schema.features if f.kind == "categorical" and f.missing})
     for index, chunk in enumerate(csv_chunks(info.path, info.columns, chunk_size)):
         frame = parse_rows(chunk.good, info.columns, text_columns, parsed)
         passthrough = pa.Table.from_pandas(

@@ -123,11 +123,35 @@ def _library_versions() -> dict[str, str]:
     }
 
 
+PER_ROW_TARGET = "predicted"
+
+
+def job_target(model: LoadedModel, requested: str | None) -> str | None:
+    """The one class every row of a job is explained for (None: each row's predicted class).
+
+    ``requested`` wins (``"predicted"`` asks for each row's predicted class, unless a class has that
+    name); by default the favourable class when the model declares one, else the second (positive)
+    class of a binary model, else, for multiclass models, each row's predicted class. One class for
+    the whole job keeps ``shap.base_value`` and every ``shap.<feature>`` on one scale, so column
+    means and dependence plots mean something.
+    """
+    if not model.is_classifier:
+        return requested
+    if requested is not None:
+        return None if requested == PER_ROW_TARGET and requested not in model.class_names else requested
+    if model.favorable is not None:
+        return model.favorable
+    if len(model.class_names) == 2:
+        return model.class_names[1]
+    return None
+
+
 def prepare(spec: JobSpec) -> PreparedJob:
     """Check everything that can be checked before any row is read; raises :class:`JobRefused`."""
     _check_paths(spec)
     methods = _methods(spec)
     model, options = _model_and_options(spec, methods)
+    target = job_target(model, spec.target)
     info = _input_info(spec, model)
     try:
         audit = audit_ref(spec.audit_url)
@@ -143,7 +167,7 @@ def prepare(spec: JobSpec) -> PreparedJob:
         "format": OUTPUT_FORMAT,
         "model": model_ref,
         "methods": methods,
-        "target": spec.target,
+        "target": target if target is not None or not model.is_classifier else PER_ROW_TARGET,
         "options": options_json,
         "libraries": _library_versions(),
     }
@@ -151,7 +175,7 @@ def prepare(spec: JobSpec) -> PreparedJob:
         "input": {"path": str(spec.input.resolve()), "format": info.format, **input_print},
         "model": model_ref,
         "methods": methods,
-        "target": spec.target,
+        "target": metadata_doc["target"],
         "options": options_json,
         "chunk_size": spec.chunk_size,
         "output_format": OUTPUT_FORMAT,
@@ -161,7 +185,8 @@ def prepare(spec: JobSpec) -> PreparedJob:
     plan = ChunkPlan(
         model_sha256=model.sha256,
         methods=tuple(methods),
-        target=spec.target,
+        target=target,
+        counterfactual_target=target if spec.target is not None else None,
         options=options,
         input_columns=info.columns,
         schema=output_schema(model, _input_fields(model, info), methods, metadata_doc),
@@ -226,7 +251,7 @@ def _model_and_options(spec: JobSpec, methods: list[str]) -> tuple[LoadedModel, 
     service = ExplainService(explainers=dict(EXPLAINERS))
     try:
         options = service.load_options(methods, spec.options)
-        service.resolve_target(model, spec.target)
+        service.resolve_target(model, job_target(model, spec.target))
     except ValidationFailed as exc:
         raise JobRefused(_errors_text(exc.errors)) from None
     return model, options

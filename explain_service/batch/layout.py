@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import orjson
+import pandas as pd
 import pyarrow as pa
 
 from explain_service.registry.model import LoadedModel, Rows, frame_of
@@ -26,21 +27,42 @@ KIND_TYPES: dict[str, pa.DataType] = {
     "categorical": pa.string(),
 }
 RESERVED_PREFIXES = ("proba.", "shap.", "lime.", "counterfactual.")
-RESERVED_NAMES = ("prediction",)
+RESERVED_NAMES = ("prediction", "flags")
 
 
 def feature_field(feature: Feature) -> pa.Field:
-    """The output field of an input feature (its schema type, whatever the input file used)."""
-    return pa.field(feature.name, KIND_TYPES[feature.kind], nullable=False)
+    """The output field of an input feature (its schema type, whatever the input file used).
+
+    A feature that takes missing values is nullable: its missing cells are written as nulls.
+    """
+    return pa.field(feature.name, KIND_TYPES[feature.kind], nullable=feature.missing)
+
+
+def feature_array(feature: Feature, values: np.ndarray) -> pa.Array:
+    """A validated feature column as Arrow (NaN of a nullable feature becomes null)."""
+    if not feature.missing:
+        return pa.array(values, type=KIND_TYPES[feature.kind])
+    series = pd.Series(values, dtype=object if values.dtype == object else None)
+    if feature.kind == "integer":
+        series = series.astype("Int64")
+    return pa.array(series, type=KIND_TYPES[feature.kind], from_pandas=True)
 
 
 def prediction_fields(model: LoadedModel) -> list[pa.Field]:
-    """``prediction`` (class label or value) and ``proba.<class>`` for classifiers."""
+    """``prediction`` (class label or value), ``proba.<class>`` for classifiers, then ``flags``."""
+    flags = pa.field("flags", pa.string(), nullable=False)
     if not model.is_classifier:
-        return [pa.field("prediction", pa.float64(), nullable=False)]
-    return [pa.field("prediction", pa.string(), nullable=False)] + [
-        pa.field(f"proba.{c}", pa.float64(), nullable=False) for c in model.class_names
+        return [pa.field("prediction", pa.float64(), nullable=False), flags]
+    return [
+        pa.field("prediction", pa.string(), nullable=False),
+        *(pa.field(f"proba.{c}", pa.float64(), nullable=False) for c in model.class_names),
+        flags,
     ]
+
+
+def flags_column(flags: list[dict[str, list[str]]]) -> pa.Array:
+    """``flags``: per row, the JSON of the features outside the registration's ranges (``{}`` when none)."""
+    return pa.array([orjson.dumps(f, option=orjson.OPT_SORT_KEYS).decode() for f in flags], type=pa.string())
 
 
 def prediction_columns(model: LoadedModel, X: np.ndarray) -> tuple[list[pa.Array], np.ndarray | None]:
@@ -153,7 +175,13 @@ class _AnswerLayout:
 
 
 class LimeLayout(_AnswerLayout):
-    """``lime.target``, ``lime.intercept``, ``lime.score``, ``lime.<feature>`` (the weights)."""
+    """``lime.target``, ``lime.intercept``, ``lime.score``, ``lime.<feature>``, ``lime.slope.<feature>``.
+
+    ``lime.<feature>`` is the feature's *contribution* (what its value adds to the surrogate
+    compared with an average background row, comparable with ``shap.<feature>``);
+    ``lime.slope.<feature>`` is the surrogate's raw weight (a slope per background standard
+    deviation, or the effect of keeping the instance's category).
+    """
 
     def fields(self, model: LoadedModel, method: str) -> list[pa.Field]:
         return [
@@ -161,6 +189,7 @@ class LimeLayout(_AnswerLayout):
             pa.field("lime.intercept", pa.float64()),
             pa.field("lime.score", pa.float64()),
             *(pa.field(f"lime.{name}", pa.float64()) for name in model.schema.names),
+            *(pa.field(f"lime.slope.{name}", pa.float64()) for name in model.schema.names),
         ]
 
     def from_answers(self, model: LoadedModel, answers: list[dict[str, Any]]) -> list[pa.Array]:
@@ -169,6 +198,7 @@ class LimeLayout(_AnswerLayout):
             pa.array([a.get("target") for a in answers], type=pa.string()),
             pa.array([a.get("intercept") for a in answers], type=pa.float64()),
             pa.array([a.get("score") for a in answers], type=pa.float64()),
+            *(pa.array([a["contributions"].get(n) for a in answers], type=pa.float64()) for n in names),
             *(pa.array([a["weights"].get(n) for a in answers], type=pa.float64()) for n in names),
         ]
 

@@ -9,7 +9,8 @@ chunk is checked column by column here with the same rules:
 * integer: as numeric, and integral, and within int64;
 * boolean: ``True``/``False`` (in text: ``true``/``false`` in any case);
 * categorical: the text of the value is one of the registered categories;
-* a missing value (an empty numeric cell, a null) is "Field may not be null.".
+* a missing value (an empty numeric cell, a null) is "Field may not be null.",
+  unless the feature takes missing values: then it is NaN.
 
 Each cell is first *decoded* into the value an API caller would have sent
 (:func:`decode_column`): CSV cells are text, so a number or ``true`` written in
@@ -154,6 +155,16 @@ def _decode_objects(
 
 def check_column(feature: Feature, decoded: Decoded) -> tuple[np.ndarray, np.ndarray]:
     """(valid mask, typed values) of one decoded column; values are placeholders where invalid."""
+    ok, values = _check_present(feature, decoded)
+    if not feature.missing:
+        return ok, values
+    absent = decoded.kind == 0
+    values = values.astype(feature.dtype)
+    values[absent] = np.nan
+    return ok | absent, values
+
+
+def _check_present(feature: Feature, decoded: Decoded) -> tuple[np.ndarray, np.ndarray]:
     n = len(decoded.kind)
     if feature.kind == "categorical":
         cats = list(feature.categories or ())

@@ -55,6 +55,7 @@ class Rule:
     direction: str | None = None
     low: float = -np.inf
     high: float = np.inf
+    forbidden: frozenset[int] = frozenset()  # category indices never proposed
 
 
 @dataclass(frozen=True)
@@ -120,15 +121,20 @@ class Space:
 
     @staticmethod
     def _code(st: FeatureStats, value: Any) -> float:
+        if value is None:
+            return np.nan
         if st.kind == "categorical":
             return float(st.index_of(str(value)))
         return float(value)
 
     @staticmethod
     def _allowed(st: FeatureStats, rule: Rule, x: float) -> np.ndarray:
+        if np.isnan(x):
+            # A missing value stays missing: the search neither fills it in nor blanks a present one.
+            return np.array([])
         if st.kind == "categorical":
             assert st.values is not None
-            return np.array([float(i) for i in range(len(st.values)) if i != x])
+            return np.array([float(i) for i in range(len(st.values)) if i != x and i not in rule.forbidden])
         if st.kind == "boolean":
             other = 1.0 - x
             if (rule.direction == "increase" and other < x) or (rule.direction == "decrease" and other > x):
@@ -149,10 +155,12 @@ class Space:
                 assert st.values is not None
                 idx = col.astype(int)
                 out = st.values[np.maximum(idx, 0)].copy()
-                out[idx < 0] = self.row[st.name]
+                out[(idx < 0) | np.isnan(col)] = self.row[st.name]
                 columns[st.name] = out
             elif st.kind == "boolean":
-                columns[st.name] = col > 0.5
+                columns[st.name] = (
+                    np.where(np.isnan(col), np.nan, col > 0.5) if st.feature.missing else col > 0.5
+                )
             else:
                 columns[st.name] = col
         return make_frame(tuple(st.feature for st in self.stats), columns)
@@ -161,7 +169,9 @@ class Space:
         """One candidate as a ``{feature: plain value}`` dict, decoded exactly as ``frame`` does."""
         out: dict[str, Any] = {}
         for st, c in zip(self.stats, code.tolist(), strict=True):
-            if st.kind == "categorical":
+            if c != c:
+                out[st.name] = None
+            elif st.kind == "categorical":
                 assert st.values is not None
                 out[st.name] = str(st.values[int(c)]) if c >= 0 else self.row[st.name]
             elif st.kind == "boolean":
@@ -173,11 +183,12 @@ class Space:
         return out
 
     def changed(self, codes: np.ndarray) -> np.ndarray:
-        return codes != self.x
+        """Features each candidate changes (a missing value kept missing is unchanged)."""
+        return (codes != self.x) & ~(np.isnan(codes) & np.isnan(self.x))
 
     def distance(self, codes: np.ndarray, to: np.ndarray) -> np.ndarray:
         """Numeric differences in MAD units plus one per categorical or boolean mismatch."""
-        diff = np.abs(codes - to)
+        diff = np.nan_to_num(np.abs(codes - to), nan=0.0)  # missing values never change
         return np.where(self.discrete, diff != 0, diff / self.unit).sum(axis=-1)
 
 

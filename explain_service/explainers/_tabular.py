@@ -40,7 +40,8 @@ class FeatureStats:
     ``values``/``freqs`` list the categories (or False/True) with their
     background frequencies; ``grid`` holds background quantiles of ordered
     features and ``decimals`` the precision new numeric values are rounded to
-    (None: unrounded).
+    (None: unrounded). Statistics are over the values present; ``missing_share``
+    is the share of background rows where the feature is missing.
     """
 
     feature: Feature
@@ -53,6 +54,7 @@ class FeatureStats:
     values: np.ndarray | None = None
     freqs: np.ndarray | None = None
     decimals: int | None = None
+    missing_share: float = 0.0
 
     @property
     def name(self) -> str:
@@ -71,6 +73,9 @@ class FeatureStats:
 
 def _ordered_stats(feature: Feature, column: pd.Series) -> FeatureStats:
     values = column.to_numpy(dtype=float)
+    present = ~np.isnan(values)
+    missing_share = 1.0 - float(present.mean()) if values.size else 0.0
+    values = values[present]
     std = float(values.std()) if values.size else 0.0
     mad = float(np.median(np.abs(values - np.median(values)))) if values.size else 0.0
     low = float(feature.min) if feature.min is not None else float(values.min())
@@ -88,6 +93,7 @@ def _ordered_stats(feature: Feature, column: pd.Series) -> FeatureStats:
         high=high,
         grid=grid,
         decimals=decimals,
+        missing_share=missing_share,
     )
 
 
@@ -104,15 +110,20 @@ def _decimals(values: np.ndarray, unit: float) -> int:
 
 
 def _discrete_stats(feature: Feature, column: pd.Series) -> FeatureStats:
+    present = column.notna().to_numpy()
     if feature.kind == "boolean":
         values = np.array([False, True], dtype=bool)
-        observed = column.to_numpy(dtype=bool)
+        observed = column[present].to_numpy(dtype=bool)
     else:
         values = np.array(list(feature.categories or ()), dtype=object)
-        observed = column.astype(str).to_numpy(dtype=object)
+        observed = column[present].astype(str).to_numpy(dtype=object)
     counts = np.array([np.count_nonzero(observed == v) for v in values], dtype=float)
-    freqs = counts / counts.sum() if counts.sum() > 0 else np.full(len(values), 1.0 / max(len(values), 1))
-    return FeatureStats(feature, values=values, freqs=freqs)
+    # Shares of all background rows (missing ones included), so a category's share is what
+    # a background row has in common with the instance.
+    total = float(len(column)) if len(column) else 0.0
+    freqs = counts / total if counts.sum() > 0 else np.full(len(values), 1.0 / max(len(values), 1))
+    missing_share = 1.0 - float(present.mean()) if len(column) else 0.0
+    return FeatureStats(feature, values=values, freqs=freqs, missing_share=missing_share)
 
 
 _cache: OrderedDict[tuple[Any, ...], tuple[FeatureStats, ...]] = OrderedDict()
@@ -144,7 +155,9 @@ def background_stats(model: ModelLike) -> tuple[FeatureStats, ...]:
 
 
 def native(value: Any, kind: str) -> Any:
-    """A plain Python value of a feature of ``kind`` (no numpy scalars)."""
+    """A plain Python value of a feature of ``kind`` (no numpy scalars); None when missing."""
+    if value is None or (isinstance(value, float) and value != value):
+        return None
     if kind == "numeric":
         return float(value)
     if kind == "integer":
@@ -176,14 +189,20 @@ def make_frame(features: tuple[Feature, ...], columns: dict[str, np.ndarray]) ->
     out: dict[str, np.ndarray] = {}
     for f in features:
         col = columns[f.name]
-        if f.kind == "numeric":
-            out[f.name] = np.asarray(col, dtype="float64")
+        if f.kind == "numeric" or (f.kind == "integer" and f.missing):
+            out[f.name] = (
+                np.rint(np.asarray(col, dtype=float))
+                if f.kind == "integer"
+                else np.asarray(col, dtype="float64")
+            )
         elif f.kind == "integer":
             out[f.name] = np.rint(np.asarray(col, dtype=float)).astype("int64")
-        elif f.kind == "boolean":
+        elif f.kind == "boolean" and not f.missing:
             out[f.name] = np.asarray(col, dtype=bool)
         else:
-            out[f.name] = np.asarray(col, dtype=object)
+            values = np.array(col, dtype=object)
+            values[pd.isna(values)] = np.nan  # a missing value reaches the model as NaN
+            out[f.name] = values
     return pd.DataFrame(out, copy=False)
 
 

@@ -9,7 +9,8 @@ class. For a regressor the goal is ``options.desired_range`` (required).
 Constraints come from the manifest (``model.schema.constraint(name)``) and
 are overridden key by key, per feature, by ``options.constraints``;
 ``options.immutable`` is a shorthand for ``{"mutable": false}``. A numeric
-``range`` bounds the values a feature may be changed to; a ``direction``
+``range`` bounds the values a feature may be changed to; ``forbidden`` lists
+categories a categorical feature is never changed to; a ``direction``
 applies to numeric, integer and boolean (False < True) features. Categories
 have no order, so a manifest direction on a categorical feature is ignored
 and a requested one is rejected.
@@ -61,6 +62,11 @@ class ConstraintOptions(Schema):
         StrictFloat(),
         allow_none=True,
         validate=validate.Length(equal=2, error="range must be [low, high]."),
+    )
+    forbidden = fields.List(
+        fields.String(),
+        validate=validate.Length(max=1000),
+        metadata={"description": "Categorical features: categories never proposed."},
     )
 
     @validates_schema
@@ -129,12 +135,15 @@ def resolve_rules(schema: FeatureSchema, options: dict[str, Any]) -> list[Rule]:
         merged = {**base, **ask}
         direction = merged.get("direction") if feature.kind != "categorical" else None
         rng = merged.get("range") if feature.is_numeric else None
+        categories = list(feature.categories or ())
+        forbidden = frozenset(categories.index(c) for c in merged.get("forbidden") or () if c in categories)
         rules.append(
             Rule(
                 mutable=bool(merged.get("mutable", True)),
                 direction=direction,
                 low=float(rng[0]) if rng is not None else -np.inf,
                 high=float(rng[1]) if rng is not None else np.inf,
+                forbidden=forbidden,
             )
         )
     return rules
@@ -151,6 +160,19 @@ def _check_fit(feature: Feature, ask: dict[str, Any]) -> None:
         raise OptionError(
             "counterfactual", f"constraints.{feature.name}.range", "only numeric features take a range"
         )
+    forbidden = ask.get("forbidden")
+    if forbidden:
+        if feature.kind != "categorical":
+            raise OptionError(
+                "counterfactual",
+                f"constraints.{feature.name}.forbidden",
+                "only categorical features take forbidden",
+            )
+        unknown = [c for c in forbidden if c not in (feature.categories or ())]
+        if unknown:
+            raise OptionError(
+                "counterfactual", f"constraints.{feature.name}.forbidden", f"unknown categories {unknown}"
+            )
 
 
 def counterfactual_goals(model: ModelLike, proba: np.ndarray, target: int | None = None) -> np.ndarray | None:

@@ -140,6 +140,10 @@ def neighbourhood(
     columns: dict[str, np.ndarray] = {}
     for j, st in enumerate(stats):
         x = row[st.name]
+        if x is None:
+            # A missing value is its own state: kept (z = 1) or switched to a value seen in the background.
+            columns[st.name], z[:, j] = _perturb_missing(st, u[:, j], change_probability)
+            continue
         if st.feature.is_numeric:
             # Samples stay within the observed range, stretched to include the instance itself.
             low, high = min(st.low, float(x)), max(st.high, float(x))
@@ -164,6 +168,31 @@ def neighbourhood(
         z[:, j] = idx == here
         columns[st.name] = np.where(idx == here, x, st.values[np.maximum(idx, 0)])
     return columns, z
+
+
+def _perturb_missing(
+    st: FeatureStats, u: np.ndarray, change_probability: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Samples of a feature missing at the instance: NaN, or a background value with ``change_probability``."""
+    switch = u < change_probability
+    scaled = u[switch] / change_probability
+    if st.feature.is_numeric:
+        pool: np.ndarray = st.grid if st.grid is not None else np.array([])
+        values = np.full(len(u), np.nan)
+    else:
+        assert st.values is not None and st.freqs is not None
+        pool = st.values
+        values = np.full(len(u), np.nan, dtype=object)
+    if len(pool) == 0:
+        return values, np.ones(len(u))
+    if st.feature.is_numeric:
+        picked = np.minimum((scaled * len(pool)).astype(int), len(pool) - 1)
+    else:
+        assert st.freqs is not None
+        cdf = np.cumsum(st.freqs) / st.freqs.sum()
+        picked = np.minimum(np.searchsorted(cdf, scaled, side="right"), len(pool) - 1)
+    values[switch] = pool[picked]
+    return values, (~switch).astype(float)
 
 
 def kernel_weights(z: np.ndarray, categorical: np.ndarray, kernel_width: float | None) -> np.ndarray:
@@ -233,9 +262,9 @@ class LimeExplainer:
         n = int(options["num_samples"])
         repeats = max(int(options.get("stability") or 0), 1)
         seeds = [resolve_seed(model, record, self.name, options) for record in records]
-        # In the interpretable space the instance has zero numeric offsets and keeps every category.
+        # In the interpretable space the instance has zero numeric offsets and keeps every category
+        # (and every missing value: those columns are indicators too).
         categorical = np.array([not f.is_numeric for f in features])
-        instance = categorical.astype(float)
         # Rows are explained in groups whose samples fit one model call.
         group = max(1, MAX_BATCH_ROWS // (n * repeats + 1))
         results = []
@@ -268,10 +297,12 @@ class LimeExplainer:
                 else:
                     column = int(targets[i]) if targets is not None else int(np.argmax(own[i - lo]))
                 fits = []
+                indicator = categorical | np.array([records[i][f.name] is None for f in features])
+                instance = indicator.astype(float)
                 for r in range(repeats):
                     k = (i - lo) * repeats + r
                     z = blocks[k][1]
-                    w = kernel_weights(z, categorical, options.get("kernel_width"))
+                    w = kernel_weights(z, indicator, options.get("kernel_width"))
                     fits.append(fit_surrogate(z, output[k * n : (k + 1) * n, column], w, instance))
                 results.append(self._result(model, stats, records[i], seeds[i], n, column, fits))
         return results
@@ -315,12 +346,16 @@ def contributions(
     A numeric weight is a slope, so its sign alone says nothing about the instance (a short loan
     duration with a negative slope helps); ``w * (x - mean) / std`` does. A categorical weight
     scores keeping the instance's category, which a background row shares with probability ``f``,
-    so the contribution is ``w * (1 - f)``. These are the surrogate's own exact attributions
+    so the contribution is ``w * (1 - f)``; a missing value likewise, with ``f`` the background's
+    share of missing values. These are the surrogate's own exact attributions
     (they sum to its value at the instance minus its mean over the background).
     """
     out = {}
     for st, w in zip(stats, weights.tolist(), strict=True):
-        if st.feature.is_numeric:
+        if row[st.name] is None:
+            # The weight scores staying missing, which a background row shares with its missing share.
+            out[st.name] = w * (1.0 - st.missing_share)
+        elif st.feature.is_numeric:
             out[st.name] = w * (float(row[st.name]) - st.mean) / st.scale
         else:
             assert st.freqs is not None

@@ -24,6 +24,8 @@ def feature_label(feature: Feature) -> str:
 
 
 def _value_text(feature: Feature, value: Any) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "missing"
     if feature.kind == "numeric" and isinstance(value, float):
         return f"{value:g}"
     return str(value)

@@ -77,7 +77,8 @@ def supported_outputs(model: LoadedModel) -> tuple[str, ...]:
         return ("raw",)
     if model.family == "tree" and model.library == "sklearn":
         return (native_output(model),)
-    if model.family == "tree" and len(model.class_names) > 2:
+    if model.family == "tree" and (len(model.class_names) > 2 or model.native_categorical):
+        # shap's interventional TreeSHAP handles neither multiclass boosters nor categorical splits.
         return ("log_odds",)
     return ("log_odds", "probability")
 

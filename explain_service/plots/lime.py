@@ -1,4 +1,11 @@
-"""LIME weights: the local linear surrogate's coefficient for each feature."""
+"""LIME contributions: what each feature's value adds to the local surrogate's prediction.
+
+The surrogate's raw weights are slopes (per background standard deviation, or for keeping the
+instance's category); their sign says nothing about whether *this* value raised or lowered the
+prediction. The plot draws the per-feature contributions instead (``weight * (x - mean) / std``
+for numbers, ``weight * (1 - share)`` for categories), which read like SHAP values. Records made
+before contributions existed are drawn from their weights, titled as slopes.
+"""
 
 from __future__ import annotations
 
@@ -29,7 +36,7 @@ def lime_weights(
     *,
     max_display: int = 10,
 ) -> Figure:
-    """Draw the LIME weights of one explanation as horizontal bars, largest |weight| on top.
+    """Draw the LIME contributions of one explanation as horizontal bars, largest on top.
 
     Parameters
     ----------
@@ -40,18 +47,22 @@ def lime_weights(
     model : mapping
         ``{"name", "version", "sha256"}`` of the explained model.
     max_display : int
-        Rows at most; beyond it, the smallest weights are summed into one "N other features" row.
+        Rows at most; beyond it, the smallest contributions are summed into one "N other features" row.
 
     Returns
     -------
     matplotlib.figure.Figure
         The subtitle gives the surrogate's fit (local R²), its seed and its number of samples, which
-        a reviewer needs to judge how far the weights can be trusted and to reproduce them.
+        a reviewer needs to judge how far the contributions can be trusted and to reproduce them.
     """
     lime = explanation["lime"]
     prediction = explanation.get("prediction", {})
     target = target_text(lime.get("target"), prediction)
-    ranked = rank(lime["weights"], max_display)
+    values = lime.get("contributions")
+    what = "contribution"
+    if values is None:
+        values, what = lime["weights"], "slope"
+    ranked = rank(values, max_display)
     rows = [(feature_label(name, instance), value) for name, value in ranked.items]
     if ranked.other_count:
         rows.append((f"sum of {ranked.other_count} other features", ranked.other_sum))
@@ -65,10 +76,10 @@ def lime_weights(
         f"{format_number(float(lime.get('intercept') or 0.0))} \u00b7 {count(len(lime['weights']), 'feature')}",
     ]
     return signed_bars(
-        f"LIME weights \u2014 {model_text(model)}",
+        f"LIME {what}s \u2014 {model_text(model)}",
         lines,
         rows,
-        xlabel=f"LIME weight toward {target}",
+        xlabel=f"LIME {what} toward {target}",
         legend=[(f"raises {quantity}", UP), (f"lowers {quantity}", DOWN)],
     )
 

@@ -91,7 +91,9 @@ PLOTS: dict[str, PlotSpec] = {
     for spec in (
         PlotSpec("shap_waterfall", "shap", waterfall, "SHAP values from the base value to the model output"),
         PlotSpec("shap_bar", "shap", bar, "SHAP values as bars from zero"),
-        PlotSpec("lime_weights", "lime", lime_weights, "LIME surrogate weights with fit, seed and samples"),
+        PlotSpec(
+            "lime_weights", "lime", lime_weights, "LIME per-feature contributions with fit, seed and samples"
+        ),
         PlotSpec(
             "counterfactual_changes", "counterfactual", counterfactual_changes, "changes per counterfactual"
         ),

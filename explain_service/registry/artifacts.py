@@ -49,6 +49,7 @@ TRUSTED_SKOPS_TYPES: frozenset[str] = frozenset(
         "sklearn.utils._bunch.Bunch",
         "collections.OrderedDict",
         "builtins.slice",
+        "numpy.dtype",  # SimpleImputer's fitted dtype: rebuilt from its name, no code runs
     }
 )
 

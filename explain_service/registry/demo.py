@@ -36,12 +36,20 @@ GERMAN_COLUMNS = [
     "purpose",
     "age",
 ]
+# Counterfactuals a person could act on: no change of sex, nobody gets younger, and "not_known"
+# (no information about an account) is never proposed as something to become.
 GERMAN_CONSTRAINTS: dict[str, dict[str, Any]] = {
     "sex": {"mutable": False},
     "age": {"direction": "increase"},
     "job": {"mutable": False},
     "duration": {"range": [4, 72]},
     "credit_amount": {"range": [250, 20000]},
+    "saving_accounts": {"forbidden": ["not_known"]},
+    "checking_account": {"forbidden": ["not_known"]},
+}
+DIABETES_CONSTRAINTS: dict[str, dict[str, Any]] = {
+    "sex": {"mutable": False},
+    "age": {"direction": "increase"},
 }
 
 
@@ -172,6 +180,7 @@ def _diabetes(models_dir: Path) -> None:
         "diabetes-gbr",
         "1",
         background=data.data,
+        constraints=DIABETES_CONSTRAINTS,
         models_dir=models_dir,
         description="Diabetes progression after one year (scikit-learn's bundled data). Gradient-boosted trees.",
     )

@@ -52,7 +52,8 @@ def read_background(data: bytes, schema: FeatureSchema) -> pd.DataFrame:
         io.BytesIO(data),
         dtype={k: v for k, v in dtypes.items() if v is not None},
         keep_default_na=False,
-        na_values=[],
+        # Only an empty cell of a feature that takes missing values is missing ("NA" is a category).
+        na_values={f.name: [""] for f in schema.features if f.missing},
     )
     if list(frame.columns) != schema.names:
         raise ValueError("background columns do not match the feature schema")

@@ -102,6 +102,7 @@ class LoadedModel:
     feature_index: np.ndarray | None = field(init=False, default=None)
     threads: int = field(init=False, default=-1)
     _compiled: Compiled | None = field(init=False, default=None, repr=False)
+    _codes: dict[str, dict[str, float]] = field(init=False, default_factory=dict, repr=False)
     _cache: dict[str, Any] = field(init=False, default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -111,6 +112,11 @@ class LoadedModel:
         if self.preprocessor is None:
             self.transform_path = "identity"
             self.feature_index = np.arange(len(names))
+            self._codes = {
+                f.name: {c: float(k) for k, c in enumerate(f.categories or ())}
+                for f in self.schema.features
+                if f.kind == "categorical"
+            }
         else:
             try:
                 self.feature_index = np.asarray(feature_map(self.preprocessor, names), dtype=int)
@@ -118,7 +124,9 @@ class LoadedModel:
                 self.feature_index = None
             self._compiled = compile_transform(self.preprocessor, names)
             self.transform_path = "sklearn"
-            if self._compiled is not None and self._compiled_agrees():
+            # The compiled transformers assume complete rows; imputers and NaN categories need sklearn.
+            takes_missing = any(f.missing for f in self.schema.features)
+            if self._compiled is not None and not takes_missing and self._compiled_agrees():
                 self.transform_path = "compiled"
             else:
                 self._compiled = None
@@ -158,6 +166,11 @@ class LoadedModel:
     @property
     def is_classifier(self) -> bool:
         return self.task == "classification"
+
+    @property
+    def native_categorical(self) -> bool:
+        """Whether categorical features reach the estimator itself, as category codes (XGBoost)."""
+        return bool(self._codes)
 
     def cached(self, key: str, build: Any) -> Any:
         """Per-model memo for explainer state (e.g. a shap explainer built once)."""
@@ -201,11 +214,20 @@ class LoadedModel:
 
     def _transform(self, rows: pd.DataFrame) -> np.ndarray:
         if self.preprocessor is None:
-            return rows[self.schema.names].to_numpy(dtype=np.float64)
+            if not self._codes:
+                return rows[self.schema.names].to_numpy(dtype=np.float64)
+            return np.column_stack([self._column_codes(rows, name) for name in self.schema.names])
         out = self.preprocessor.transform(rows[self.schema.names])
         if hasattr(out, "toarray"):
             out = out.toarray()
         return np.asarray(out, dtype=np.float64)
+
+    def _column_codes(self, rows: pd.DataFrame, name: str) -> np.ndarray:
+        """A column as float: numbers as they are, categories as their index in the schema (NaN if missing)."""
+        codes = self._codes.get(name)
+        if codes is None:
+            return rows[name].to_numpy(dtype=np.float64)
+        return np.array([codes.get(v, np.nan) for v in rows[name].tolist()], dtype=np.float64)
 
     def _compiled_agrees(self) -> bool:
         assert self._compiled is not None
@@ -224,10 +246,17 @@ class LoadedModel:
     def _dmatrix(self, X: np.ndarray) -> Any:
         import xgboost as xgb
 
-        names = self.estimator.feature_names if self.library == "xgboost-booster" else None
+        booster = self.estimator if self.library == "xgboost-booster" else self.estimator.get_booster()
+        types = booster.feature_types
         # DMatrix defaults to every core; on one-row requests starting those threads costs
         # more than the TreeSHAP itself.
-        return xgb.DMatrix(X, feature_names=names, nthread=self.threads)
+        return xgb.DMatrix(
+            X,
+            feature_names=booster.feature_names,
+            feature_types=types,
+            enable_categorical=bool(types) and "c" in types,
+            nthread=self.threads,
+        )
 
     def proba_matrix(self, X: np.ndarray) -> np.ndarray:
         """Class probabilities, (n, n_classes)."""

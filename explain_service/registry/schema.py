@@ -9,8 +9,8 @@ plain-language reasons.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -41,9 +41,12 @@ def value_bound(kind: str) -> float | None:
 class Feature:
     """One original input column of a model.
 
-    ``categories`` is set for categorical features only (values are strings);
-    ``min``/``max`` are the values observed in the background sample for
-    numeric and integer features.
+    ``categories`` is set for categorical features only (values are strings; for a
+    categorical column fed straight to an XGBoost model with native categorical
+    support, their order is the category codes' order); ``min``/``max`` are the
+    values observed in the background sample for numeric and integer features.
+    ``missing`` says whether the model takes a missing value (NaN) for this
+    feature: then ``null`` or an absent key is accepted and passed on as NaN.
     """
 
     name: str
@@ -52,6 +55,7 @@ class Feature:
     min: float | None = None
     max: float | None = None
     description: str | None = None
+    missing: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "kind": self.kind}
@@ -60,6 +64,8 @@ class Feature:
         if self.min is not None:
             out["min"] = self.min
             out["max"] = self.max
+        if self.missing:
+            out["missing"] = True
         if self.description:
             out["description"] = self.description
         return out
@@ -74,6 +80,7 @@ class Feature:
             min=data.get("min"),
             max=data.get("max"),
             description=data.get("description"),
+            missing=bool(data.get("missing", False)),
         )
 
     @property
@@ -81,14 +88,33 @@ class Feature:
         """True for numeric and integer features (ordered, with a range)."""
         return self.kind in ("numeric", "integer")
 
+    @property
+    def dtype(self) -> Any:
+        """The numpy dtype of this feature's column in typed rows.
+
+        Integer features that take missing values are held as float64 (NaN for missing),
+        boolean ones as objects (True, False or NaN); missing categories are NaN in an
+        object column.
+        """
+        if self.missing and self.kind == "integer":
+            return np.float64
+        if self.missing and self.kind == "boolean":
+            return object
+        return NUMPY_DTYPES[self.kind]
+
 
 @dataclass(frozen=True)
 class Constraint:
-    """How a counterfactual may change one feature."""
+    """How a counterfactual may change one feature.
+
+    ``forbidden`` lists categories a counterfactual never proposes (e.g. "unknown" or
+    "unemployed"); an instance that already has one keeps it unless another is proposed.
+    """
 
     mutable: bool = True
     direction: Direction | None = None
     range: tuple[float, float] | None = None
+    forbidden: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"mutable": self.mutable}
@@ -96,6 +122,8 @@ class Constraint:
             out["direction"] = self.direction
         if self.range is not None:
             out["range"] = list(self.range)
+        if self.forbidden:
+            out["forbidden"] = list(self.forbidden)
         return out
 
     @classmethod
@@ -105,6 +133,7 @@ class Constraint:
             mutable=bool(data.get("mutable", True)),
             direction=data.get("direction"),
             range=(float(rng[0]), float(rng[1])) if rng is not None else None,
+            forbidden=tuple(str(c) for c in data.get("forbidden") or ()),
         )
 
 
@@ -128,23 +157,43 @@ class FeatureSchema:
     def constraint(self, name: str) -> Constraint:
         return self.constraints.get(name, Constraint())
 
+    def flags(self, rows: pd.DataFrame) -> list[dict[str, list[str]]]:
+        """Per row, the features outside what the background showed at registration.
+
+        ``out_of_range``: numeric or integer values below the observed min or above the max;
+        ``missing``: features with no value. Empty lists are left out.
+        """
+        out: list[dict[str, list[str]]] = [{} for _ in range(len(rows))]
+        for f in self.features:
+            col = rows[f.name].to_numpy()
+            if f.is_numeric and f.min is not None and f.max is not None:
+                values = col.astype(np.float64)
+                with np.errstate(invalid="ignore"):
+                    beyond = (values < float(f.min)) | (values > float(f.max))
+                for i in np.flatnonzero(beyond).tolist():
+                    out[i].setdefault("out_of_range", []).append(f.name)
+            if f.missing:
+                for i in np.flatnonzero(pd.isna(col)).tolist():
+                    out[i].setdefault("missing", []).append(f.name)
+        return out
+
     def coerce(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Return ``frame`` with the schema's column order and dtypes.
 
-        numeric -> float64, integer -> int64, categorical -> object (str),
-        boolean -> bool. The caller guarantees the values already validate.
+        numeric -> float64, integer -> int64 (float64 when it takes missing values),
+        categorical -> object (str, NaN when missing), boolean -> bool. The caller
+        guarantees the values already validate.
         """
         cols: dict[str, Any] = {}
         for f in self.features:
             col = frame[f.name]
-            if f.kind == "numeric":
-                cols[f.name] = col.astype("float64")
-            elif f.kind == "integer":
-                cols[f.name] = col.astype("int64")
-            elif f.kind == "boolean":
-                cols[f.name] = col.astype("bool")
+            if f.kind == "categorical":
+                missing = col.isna().to_numpy()
+                text = col.astype(object).astype(str).to_numpy(dtype=object)
+                text[missing] = np.nan
+                cols[f.name] = pd.Series(text, index=frame.index, dtype=object)
             else:
-                cols[f.name] = col.astype(str).astype(object)
+                cols[f.name] = col.astype(f.dtype)
         return pd.DataFrame(cols, index=frame.index)
 
 
@@ -152,10 +201,18 @@ NUMPY_DTYPES = {"numeric": np.float64, "integer": np.int64, "boolean": np.bool_,
 
 
 def columns_from_records(schema: FeatureSchema, records: list[dict[str, Any]]) -> dict[str, np.ndarray]:
-    """One typed array per feature from validated records (what the compiled transform reads)."""
-    return {
-        f.name: np.array([r[f.name] for r in records], dtype=NUMPY_DTYPES[f.kind]) for f in schema.features
+    """One typed array per feature from validated records (what the compiled transform reads).
+
+    An absent or null value of a feature that takes missing values becomes NaN.
+    """
+    columns: dict[str, np.ndarray] = {
+        f.name: np.array([r.get(f.name) for r in records], dtype=f.dtype) for f in schema.features
     }
+    for f in schema.features:
+        if f.missing and f.dtype is object:
+            col = columns[f.name]
+            col[pd.isna(col)] = np.nan
+    return columns
 
 
 def frame_from_records(schema: FeatureSchema, records: list[dict[str, Any]]) -> pd.DataFrame:
@@ -169,10 +226,21 @@ def _as_number(value: Any) -> float:
 
 
 def infer_feature(name: str, column: pd.Series) -> Feature:
-    """Infer a :class:`Feature` from a background column."""
-    if column.isna().any():
-        raise ValueError(f"background column {name!r} has missing values")
+    """Infer a :class:`Feature` from a background column.
+
+    Missing values (NaN, None) mark the feature as taking missing values; the kind and
+    range come from the values present. A pandas ``category`` column keeps its
+    categories in the dtype's order.
+    """
+    missing = bool(column.isna().any())
+    if missing:
+        column = column.dropna()
+        if column.empty:
+            raise ValueError(f"background column {name!r} has only missing values")
+        return replace(infer_feature(name, column.infer_objects()), missing=True)
     dtype = column.dtype
+    if isinstance(dtype, pd.CategoricalDtype):
+        return Feature(name, "categorical", categories=tuple(str(c) for c in dtype.categories))
     if pd.api.types.is_bool_dtype(dtype):
         return Feature(name, "boolean")
     if pd.api.types.is_integer_dtype(dtype):
@@ -194,11 +262,20 @@ def infer_schema(
     background: pd.DataFrame,
     overrides: dict[str, dict[str, Any]] | None = None,
     constraints: Mapping[str, Mapping[str, Any] | Constraint] | None = None,
+    allow_missing: Sequence[str] = (),
 ) -> FeatureSchema:
-    """Infer the feature schema of ``background``; ``overrides`` replace fields per feature."""
+    """Infer the feature schema of ``background``; ``overrides`` replace fields per feature.
+
+    Features named in ``allow_missing`` take missing values even when the background has none.
+    """
+    unknown = sorted(set(allow_missing) - {str(c) for c in background.columns})
+    if unknown:
+        raise ValueError(f"allow_missing names unknown features {unknown}")
     features = []
     for name in background.columns:
         feat = infer_feature(str(name), background[name])
+        if name in allow_missing:
+            feat = replace(feat, missing=True)
         if overrides and name in overrides:
             merged = {**feat.to_dict(), **overrides[name]}
             feat = Feature.from_dict(merged)
@@ -215,5 +292,13 @@ def infer_schema(
             math.isfinite(c.range[0]) and math.isfinite(c.range[1]) and c.range[0] <= c.range[1]
         ):
             raise ValueError(f"constraint range of {name!r} must be [low, high] with low <= high")
+        if c.forbidden:
+            feat = next(f for f in features if f.name == name)
+            unknown = [v for v in c.forbidden if v not in (feat.categories or ())]
+            if feat.kind != "categorical" or unknown:
+                raise ValueError(
+                    f"constraint forbidden of {name!r} must list categories of a categorical feature"
+                    + (f" (unknown: {unknown})" if feat.kind == "categorical" else "")
+                )
         parsed[name] = c
     return FeatureSchema(tuple(features), parsed)
