@@ -218,7 +218,7 @@ def _serve(url: str, models_dir: Path, plots: Path, workers: int):
         cwd=ROOT,
         env=env,
     )
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + 240
     while True:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:

@@ -256,7 +256,11 @@ def test_list_records_pages_newest_first(store: AuditStore) -> None:
         store.list_records(limit=0)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(body=st.dictionaries(TEXT, JSON_VALUE, max_size=5))
 def test_any_json_body_round_trips_and_keeps_the_chain(sqlite_url: str, body: dict[str, Any]) -> None:
     with AuditStore(sqlite_url) as audit_store:
@@ -266,7 +270,11 @@ def test_any_json_body_round_trips_and_keeps_the_chain(sqlite_url: str, body: di
         assert audit_store.verify().ok
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(
     batch=st.lists(
         st.tuples(

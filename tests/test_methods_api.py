@@ -32,11 +32,12 @@ def test_all_methods_answer_with_valid_counterfactuals(client, registry, name: s
         goal = model.class_names.index(model.favorable) if model.favorable else None
         # an instance that is not already in the class the counterfactuals aim for
         idx = int(np.flatnonzero(pred != (goal if goal is not None else -1))[0])
-        options: dict = {}
+        # the largest budget: on a busy machine the default 500 ms can run out before one is found
+        options: dict = {"counterfactual": {"time_budget_ms": 5000}}
     else:
         idx = 0
         value = float(model.predict_value(bg.iloc[[0]])[0])
-        options = {"counterfactual": {"desired_range": [value + 20, value + 200]}}
+        options = {"counterfactual": {"desired_range": [value + 20, value + 200], "time_budget_ms": 5000}}
     row = plain(bg.iloc[idx])
     status, answer = post(client, name, {"instances": [row], "methods": ALL, "options": options})
     assert status == 200, answer
