@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from explain_service.app import create_app
 from explain_service.errors import RegistrationError
 from explain_service.registry import register_model
+from tests.conftest import OPEN_ACCESS
 
 N = 240
 
@@ -95,6 +96,7 @@ def _client(models_dir: Path, tmp_path: Path) -> Any:
             "database_url": f"sqlite:///{tmp_path / 'audit.sqlite3'}",
             "plots_dir": str(tmp_path / "plots"),
             "TESTING": True,
+            **OPEN_ACCESS,
         }
     )
     return app.test_client()
