@@ -72,6 +72,8 @@ def server(two_models: tuple[Path, Any], tmp_path: Path) -> Iterator[tuple[str, 
         "EXPLAIN_DATABASE_URL": f"sqlite:///{tmp_path / 'var' / 'audit.sqlite3'}",
         "EXPLAIN_PLOTS_DIR": str(tmp_path / "var" / "plots"),
         "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "var" / "prometheus"),
+        "EXPLAIN_AUTH": "off",
+        "EXPLAIN_RATELIMIT_DEFAULT": "",
     }
     log = (tmp_path / "server.log").open("wb")
     proc = subprocess.Popen(
