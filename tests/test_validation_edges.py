@@ -30,7 +30,7 @@ from explain_service.app import create_app
 from explain_service.registry import register_model
 from explain_service.registry.schema import INTEGER_BOUND, NUMERIC_BOUND
 from explain_service.validation import fast_checker, instance_schema
-from tests.conftest import GERMAN_ROW
+from tests.conftest import GERMAN_ROW, OPEN_ACCESS
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
@@ -151,6 +151,7 @@ def xgb_pipeline_client(tmp_path_factory):
             "models_dir": str(root / "models"),
             "database_url": f"sqlite:///{root}/audit.sqlite3",
             "plots_dir": str(root / "plots"),
+            **OPEN_ACCESS,
         }
     )
     return app.test_client(), pipe
@@ -475,6 +476,9 @@ def test_gunicorn_refuses_a_chunked_body_over_the_limit(demo_models_dir: Path, t
         "EXPLAIN_DATABASE_URL": url,
         "EXPLAIN_PLOTS_DIR": str(tmp_path / "plots"),
         "EXPLAIN_EAGER_LOAD": "0",
+        "EXPLAIN_AUTH": "off",
+        "EXPLAIN_RATELIMIT_DEFAULT": "",
+        "EXPLAIN_REQUEST_DEADLINE_SECONDS": "0",
     }
     command = [str(Path(sys.executable).with_name("gunicorn")), "-b", f"127.0.0.1:{port}", "-w", "1"]
     command += ["--log-level", "warning", "--config", "python:explain_service.gunicorn_conf"]
