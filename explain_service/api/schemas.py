@@ -243,6 +243,9 @@ class ConstraintDoc(Schema):
     mutable = fields.Boolean()
     direction = fields.String(validate=validate.OneOf(["increase", "decrease"]))
     range = fields.List(fields.Float(), validate=validate.Length(equal=2))
+    forbidden = fields.List(
+        fields.String(), metadata={"description": "Categories a counterfactual may not use."}
+    )
 
 
 class VersionStatus(Schema):
