@@ -478,6 +478,7 @@ def test_gunicorn_refuses_a_chunked_body_over_the_limit(demo_models_dir: Path, t
         "EXPLAIN_EAGER_LOAD": "0",
         "EXPLAIN_AUTH": "off",
         "EXPLAIN_RATELIMIT_DEFAULT": "",
+        "EXPLAIN_REQUEST_DEADLINE_SECONDS": "0",
     }
     command = [str(Path(sys.executable).with_name("gunicorn")), "-b", f"127.0.0.1:{port}", "-w", "1"]
     command += ["--log-level", "warning", "--config", "python:explain_service.gunicorn_conf"]

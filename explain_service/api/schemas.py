@@ -236,6 +236,16 @@ class FeatureSchemaDoc(Schema):
     categories = fields.List(fields.String())
     min = fields.Float()
     max = fields.Float()
+    description = fields.String()
+
+
+class ConstraintDoc(Schema):
+    mutable = fields.Boolean()
+    direction = fields.String(validate=validate.OneOf(["increase", "decrease"]))
+    range = fields.List(fields.Float(), validate=validate.Length(equal=2))
+    forbidden = fields.List(
+        fields.String(), metadata={"description": "Categories a counterfactual may not use."}
+    )
 
 
 class VersionStatus(Schema):
@@ -251,11 +261,11 @@ class ModelDescription(Schema):
     version_status = fields.List(fields.Nested(VersionStatus))
     sha256 = fields.String()
     task = fields.String()
-    description = fields.String()
+    description = fields.String(allow_none=True)
     class_names = fields.List(fields.String())
     favorable = fields.String(allow_none=True)
     features = fields.List(fields.Nested(FeatureSchemaDoc))
-    constraints = fields.Dict()
+    constraints = fields.Dict(keys=fields.String(), values=fields.Nested(ConstraintDoc))
     methods = fields.List(fields.String())
     shap_outputs = fields.List(fields.String())
     estimator = fields.String(metadata={"description": "The estimator's class"})
