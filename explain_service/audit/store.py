@@ -7,6 +7,7 @@ read records back, count, page, verify the chain, export it. The pieces live nex
     errors.py       its errors, and what of a database's message a client may read
     schema.py       the tables, the append-only triggers, PostgreSQL's audit_append(), the schema version
     backends.py     the SQLite and PostgreSQL engines, write connections, durability, the append SQL
+    group.py        group commit: concurrent appends of one process share one transaction and flush
     sqlite_file.py  whether the SQLite file being written is still the one at the database's path
     chain.py        how a record is hashed onto the one before it, and how the chain is checked
     jsonl.py        the JSON Lines export (:meth:`AuditStore.export`) and its check
@@ -14,7 +15,9 @@ read records back, count, page, verify the chain, export it. The pieces live nex
 Each ``hash`` seals the record onto the one before it: ``sha256(prev_hash + canonical_json(envelope))``.
 A batch is sealed and inserted in one transaction under the chain lock, so its records get consecutive
 ``seq`` in the order given, and either all of it is stored or none (how each database does it:
-:mod:`.backends`). Reads go through SQLAlchemy Core and create the schema on first use, with the chain's
+:mod:`.backends`). Batches appended at the same time by threads of one process share that transaction
+and its durable flush (:mod:`.group`); each still gets consecutive ``seq``, and each caller returns only
+once the flush holding its records is done. Reads go through SQLAlchemy Core and create the schema on first use, with the chain's
 genesis, unless the store was opened with ``create=False`` (the read-only commands), which never
 creates a file, a directory or a table, and reads an older schema as it is.
 
@@ -84,6 +87,7 @@ from explain_service.audit.errors import (
     RecordTooLarge,
     driver_reason,
 )
+from explain_service.audit.group import GroupCommit, Observe
 from explain_service.audit.jsonl import write_export
 from explain_service.audit.schema import (
     CHAIN_LOCK_KEY,
@@ -154,6 +158,9 @@ class AuditStore:
         :class:`AuditUnavailableError`, never created, and an older schema is not migrated.
     max_record_bytes
         The most canonical JSON a record's body may hold.
+    observe
+        Called after each commit with its duration in seconds, its number of records and the new
+        head's seq (for metrics); concurrent appends of one process commit together (:mod:`.group`).
     """
 
     def __init__(
@@ -164,6 +171,7 @@ class AuditStore:
         durability: Durability = "full",
         create: bool = True,
         max_record_bytes: int = MAX_RECORD_BYTES,
+        observe: Observe | None = None,
     ) -> None:
         if durability not in ("full", "os"):
             raise ValueError(f"durability must be 'full' or 'os', not {durability!r}")
@@ -195,6 +203,11 @@ class AuditStore:
         else:
             raise ValueError(f"the audit store supports sqlite and postgresql, not {self.backend!r}")
         self._dbapi_error: type[Exception] = self._engine.dialect.loaded_dbapi.Error
+        taken: type[Exception] = self._engine.dialect.loaded_dbapi.IntegrityError
+        # Concurrent appends of this process share a transaction; a taken id fails only its own batch.
+        self._group = GroupCommit(
+            self._commit, retry_alone=lambda exc: isinstance(exc, taken), observe=observe
+        )
         self._pid = os.getpid()
         self._schema_lock = threading.Lock()
         self._schema_ready = False
@@ -242,16 +255,7 @@ class AuditStore:
             return []
         try:
             self._ensure_schema()
-            if self.backend == "sqlite":
-                conn = self._checkout(self._engine)
-                try:
-                    self._check_file(conn)
-                except BaseException:
-                    conn.close()
-                    raise
-                sealed = append_sqlite(conn, prepared)
-            else:
-                sealed = self._append_postgresql(prepared)
+            sealed = self._group.submit(prepared)
         except AuditUnavailableError as exc:
             raise AuditWriteError(exc.reason, detail=exc.detail) from exc
         except (SQLAlchemyError, self._dbapi_error) as exc:
@@ -406,6 +410,18 @@ class AuditStore:
         except AuditError:
             return False
         return True
+
+    def _commit(self, prepared: list[RawRecord]) -> list[RawRecord]:
+        """Seal and store ``prepared`` in one transaction (what :class:`.group.GroupCommit` calls)."""
+        if self.backend == "sqlite":
+            conn = self._checkout(self._engine)
+            try:
+                self._check_file(conn)
+            except BaseException:
+                conn.close()
+                raise
+            return append_sqlite(conn, prepared)
+        return self._append_postgresql(prepared)
 
     def _append_postgresql(self, prepared: list[RawRecord]) -> list[RawRecord]:
         self._ensure_append_function()
