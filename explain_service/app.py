@@ -27,7 +27,13 @@ class Services:
             threads=settings.model_threads,
             recheck_seconds=settings.model_recheck_seconds,
         )
-        self.audit = AuditStore(settings.database_url, durability=settings.audit_durability)  # type: ignore[arg-type]
+        # observe= is where each audit commit reports (seconds, records, head seq): the hook for the
+        # append latency and batch-size metrics (see audit/group.py).
+        self.audit = AuditStore(
+            settings.database_url,
+            durability=settings.audit_durability,  # type: ignore[arg-type]
+            observe=None,
+        )
         self.service = ExplainService(recorder=AuditRecorder(self.audit))
         self.plots = PlotCache(settings.plots_dir)
 
