@@ -10,6 +10,9 @@ per answered instance, with the id the answer named.
 from __future__ import annotations
 
 import http.client
+import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -21,7 +24,7 @@ import xgboost as xgb
 
 from explain_service.audit.store import AuditStore
 from explain_service.registry.store import register_model
-from tests._gunicorn import serve_in
+from tests._gunicorn import ROOT, serve_in
 
 pytestmark = pytest.mark.slow
 
@@ -99,3 +102,22 @@ def test_concurrent_threads_get_the_models_own_answers_and_one_record_each(tmp_p
         assert sorted(r.id for r in stored) == sorted(ids) and len(set(ids)) == len(ids)
     finally:
         store.close()
+
+
+def test_a_worker_caps_native_thread_pools_loaded_before_it_started() -> None:
+    # numpy's BLAS is loaded first with the environment unset (as a preloaded app would), then capped
+    script = (
+        "import os\n"
+        "for name in ('OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'MKL_NUM_THREADS'): os.environ.pop(name, None)\n"
+        "import numpy, xgboost\n"
+        "from threadpoolctl import threadpool_info\n"
+        "before = max(p['num_threads'] for p in threadpool_info())\n"
+        "from explain_service.gunicorn_conf import one_native_thread\n"
+        "one_native_thread()\n"
+        "print(before, max(p['num_threads'] for p in threadpool_info()))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
+    env["PYTHONPATH"] = str(ROOT)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
+    before, after = map(int, out.stdout.split())
+    assert (before, after) == (os.cpu_count(), 1), out.stderr
