@@ -36,6 +36,7 @@ from explain_service.registry.demo import build_demo
 from explain_service.registry.store import ModelRegistry
 
 N = 200
+IN_PROCESS = 400
 PATH = "/v1/models/german-credit:explain"
 CLIENTS = 8
 ROUNDS = 6
@@ -110,6 +111,40 @@ def measure(database_url: str, bodies: list[bytes], extra_env: dict[str, str] | 
     return out
 
 
+def in_process(bodies: list[bytes], durability: str) -> dict[str, tuple[float, float]]:
+    """Median wall and CPU time (ms) of one ``:explain`` through the Flask test client, recorder on/off."""
+    from explain_service.app import create_app
+
+    with tempfile.TemporaryDirectory() as tmp:
+        app = create_app(
+            {
+                "models_dir": str(MODELS),
+                "database_url": f"sqlite:///{tmp}/a.sqlite3",
+                "plots_dir": f"{tmp}/plots",
+                "audit_durability": durability,
+                "auth": "off",
+                "ratelimit_default": "",
+                "request_deadline_seconds": 0,
+            }
+        )
+        client, service = app.test_client(), app.extensions["explain"].service
+        recorder = service.recorder
+        samples: dict[str, tuple[list[float], list[float]]] = {"with": ([], []), "without": ([], [])}
+        for i in range(2 * IN_PROCESS + 20):
+            side = "with" if i % 2 == 0 else "without"
+            service.recorder = recorder if side == "with" else None
+            wall, cpu = time.perf_counter(), time.thread_time()
+            answer = client.post(PATH, data=bodies[i % len(bodies)], content_type="application/json")
+            if answer.status_code != 200:
+                raise RuntimeError(f"HTTP {answer.status_code}")
+            if i >= 20:
+                samples[side][0].append(time.perf_counter() - wall)
+                samples[side][1].append(time.thread_time() - cpu)
+        service.recorder = recorder
+        app.extensions["explain"].audit.close()
+    return {side: (percentile_ms(w, 50), percentile_ms(c, 50)) for side, (w, c) in samples.items()}
+
+
 def main() -> None:
     build_demo(MODELS, only=["german-credit"])
     model = ModelRegistry(MODELS).get("german-credit")
@@ -150,6 +185,20 @@ def main() -> None:
             f"| **{p50a / p50b:.2f}x** | {percentile_ms(a['lat'], 99):.2f} / {percentile_ms(b['lat'], 99):.2f} "
             f"| {percentile_ms(a['seq'], 50):.2f} / {percentile_ms(b['seq'], 50):.2f} "
             f"| {records / commits:.2f} | {1000 * seconds / commits:.2f} |"
+        )
+    lines += [
+        "",
+        f"In process (Flask test client, one thread, SQLite, {IN_PROCESS} calls each, alternating): what "
+        "the audit adds to one request's wall time and to its CPU time (this thread's, kernel included).",
+        "",
+        "| durability | wall with / without (ms) | CPU with / without (ms) | CPU the audit adds |",
+        "|---|---|---|---|",
+    ]
+    for durability in ("full", "os"):
+        m = in_process(bodies, durability)
+        (wa, ca), (wb, cb) = m["with"], m["without"]
+        lines.append(
+            f"| {durability} | {wa:.2f} / {wb:.2f} | {ca:.2f} / {cb:.2f} | {ca - cb:.2f} ms ({ca / cb - 1:.0%}) |"
         )
     body = "\n".join(lines)
     print(body)
