@@ -21,7 +21,8 @@ Two workers share those answers:
   of a request (head and body) shares one deadline, ``timeout`` seconds after the request's first
   byte was awaited, and a read past it ends the request with 408 (head) or 503 (body). Computing is
   bounded by the service's own request deadline (``EXPLAIN_REQUEST_DEADLINE_SECONDS``, answered 503).
-  Over TLS the deadline bounds each read rather than the whole request, and is answered by closing.
+  Over TLS the deadline bounds each read rather than the whole request, and a client stalled past it
+  is cut off (or its unfinished body answered 400) rather than answered 408 or 503.
 - :class:`JsonErrorWorker`: gunicorn's sync worker, one request at a time, ``Connection: close``.
   A worker timeout is answered only when the stopped code runs Python again before the arbiter's
   next pass (about a second later) sends SIGKILL: a request that is blocked in native code for that

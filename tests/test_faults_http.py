@@ -266,10 +266,18 @@ def test_every_live_log_line_has_an_iso_timestamp(live_server: LiveServer) -> No
 # --- a short worker timeout and an unreachable audit database --------------------------
 
 
-@pytest.fixture(scope="module")
-def fragile_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+@pytest.fixture(
+    scope="module",
+    params=[
+        pytest.param("", id="threaded"),  # serve's default worker
+        pytest.param(" --worker-class explain_service.gunicorn_worker.JsonErrorWorker", id="sync"),
+    ],
+)
+def fragile_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
     """A 3 s worker timeout (the app preloaded, so booting does not count) and a dead PostgreSQL."""
-    env = {"GUNICORN_CMD_ARGS": "--preload", "EXPLAIN_DATABASE_URL": DEAD_POSTGRES}
+    env = {"GUNICORN_CMD_ARGS": "--preload" + request.param, "EXPLAIN_DATABASE_URL": DEAD_POSTGRES}
     with serve_in(tmp_path_factory.mktemp("fragile"), timeout=3, env=env) as server:
         yield server
 
