@@ -41,7 +41,6 @@ import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
 from typing import Any, Literal
 
 import orjson
@@ -49,7 +48,6 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Engine,
-    bindparam,
     delete,
     func,
     insert,
@@ -65,12 +63,11 @@ from explain_service.audit.backends import _IMMEDIATE, postgresql_engine, sqlite
 from explain_service.audit.chain import StoredRecord
 from explain_service.audit.errors import AuditUnavailableError, AuditWriteError, driver_reason
 from explain_service.audit.index_tables import COUNT, FORMAT, TRAIL, explanations, metadata, reviews, state
+from explain_service.audit.projection_rows import apply_reviews, explanation_row, review_row
 from explain_service.audit.reviews import (
-    QUEUED,
     UNREVIEWED,
     ReviewEvent,
     ReviewState,
-    advance,
     check_review,
     review_entry,
 )
@@ -81,12 +78,10 @@ from explain_service.audit.search import (
     Page,
     filter_clauses,
     indexed,
-    micros,
     review_event,
 )
 from explain_service.audit.store import AuditStore
 from explain_service.errors import AuditUnavailable
-from explain_service.quality import quality_flags
 
 __all__ = ["INDEX_LOCK_KEY", "Filters", "IndexedRecord", "Page", "TrailIndex"]
 
@@ -169,9 +164,9 @@ class TrailIndex:
                 body = orjson.loads(row.body)
                 kind = body.get("kind")
                 if kind == "explanation":
-                    rows.append(_explanation_row(row, body))
+                    rows.append(explanation_row(row, body))
                 elif kind == "review" and isinstance(body.get("record_id"), str):
-                    events.append(_review_row(row, body))
+                    events.append(review_row(row, body))
             if rows:  # each record is projected once (under the lock, after last_seq), so the count is exact
                 conn.execute(self._insert(explanations).on_conflict_do_nothing(), rows)
                 conn.execute(
@@ -179,7 +174,7 @@ class TrailIndex:
                 )
             if events:
                 conn.execute(self._insert(reviews).on_conflict_do_nothing(), events)
-                _apply_reviews(conn, events)
+                apply_reviews(conn, events)
             before = conn.execute(select(state.c.value).where(state.c.name == TRAIL)).scalar_one()
             conn.execute(update(state).where(state.c.name == TRAIL).values(value=last))
             return last - int(before)
@@ -350,113 +345,3 @@ class TrailIndex:
         except SQLAlchemyError as exc:
             reason, detail = driver_reason(exc)
             raise AuditUnavailableError(reason, detail=detail) from exc
-
-
-def _explanation_row(row: Any, body: dict[str, Any]) -> dict[str, Any]:
-    explanation = body.get("explanation") or {}
-    flags = set(quality_flags(explanation))
-    review = body.get("review") or {}
-    required = bool(review.get("required"))
-    reference = body.get("reference")
-    return {
-        "seq": row.seq,
-        "id": row.id,
-        "created_at": row.created_at,
-        "created_us": micros(datetime.fromisoformat(row.created_at)),
-        "model_name": row.model_name,
-        "model_version": row.model_version,
-        "caller": row.caller,
-        "label": (explanation.get("prediction") or {}).get("label"),
-        "reference": reference if isinstance(reference, str) else None,
-        "flag_additivity": "additivity_residual" in flags,
-        "flag_low_lime": "low_lime_r2" in flags,
-        "flag_cf_budget": "counterfactual_budget" in flags,
-        "flag_out_of_range": "out_of_range" in flags,
-        "review_required": required,
-        "review_rules": ",".join(str(rule) for rule in review.get("rules") or ()),
-        "status": "unreviewed",
-        "decision": None,
-        "status_seq": 0,
-        "queue_seq": row.seq if required else None,
-    }
-
-
-def _review_row(row: Any, body: dict[str, Any]) -> dict[str, Any]:
-    decision = body.get("decision")
-    return {
-        "seq": row.seq,
-        "id": row.id,
-        "record_id": body["record_id"],
-        "created_at": row.created_at,
-        "action": str(body.get("action")),
-        "comment": str(body.get("comment") or ""),
-        "decision": None if decision is None else orjson.dumps(decision).decode(),
-        "by": body.get("by"),
-        "role": str(body.get("role") or ""),
-    }
-
-
-def _in_queue(status: str, required: bool) -> bool:
-    return status in QUEUED or (required and status == "unreviewed")
-
-
-def _apply_reviews(conn: Connection, events: list[dict[str, Any]]) -> None:
-    """Fold a batch's review events (in seq order) into the status of the records they are about."""
-    ids = sorted({event["record_id"] for event in events})
-    e = explanations.c
-    current = {
-        row.id: row
-        for row in conn.execute(
-            select(e.id, e.status, e.decision, e.status_seq, e.queue_seq, e.review_required).where(
-                e.id.in_(ids)
-            )
-        )
-    }
-    changed: dict[str, dict[str, Any]] = {}
-    for event in events:
-        row = current.get(event["record_id"])
-        if row is None:
-            continue  # a review of a record that is not an explanation: nothing to show it on
-        now = changed.get(row.id) or {
-            "state": ReviewState(row.status, _decoded(row.decision), row.status_seq),
-            "queue_seq": row.queue_seq,
-        }
-        before = now["state"]
-        after = advance(before, event["action"], event["role"], event["seq"], _decoded(event["decision"]))
-        queued_before = _in_queue(before.status, row.review_required)
-        queued_after = _in_queue(after.status, row.review_required)
-        queue_seq = (
-            now["queue_seq"] if queued_before and queued_after else (event["seq"] if queued_after else None)
-        )
-        changed[row.id] = {"state": after, "queue_seq": queue_seq}
-    if not changed:
-        return
-    statement = (
-        update(explanations)
-        .where(e.id == bindparam("b_id"))
-        .values(
-            status=bindparam("b_status"),
-            decision=bindparam("b_decision"),
-            status_seq=bindparam("b_status_seq"),
-            queue_seq=bindparam("b_queue_seq"),
-        )
-    )
-    conn.execute(
-        statement,
-        [
-            {
-                "b_id": record_id,
-                "b_status": now["state"].status,
-                "b_decision": None
-                if now["state"].decision is None
-                else orjson.dumps(now["state"].decision).decode(),
-                "b_status_seq": now["state"].seq,
-                "b_queue_seq": now["queue_seq"],
-            }
-            for record_id, now in changed.items()
-        ],
-    )
-
-
-def _decoded(text_value: str | None) -> Any:
-    return None if text_value is None else orjson.loads(text_value)
