@@ -53,6 +53,8 @@ RULES: dict[str, Rule] = {
     "explanations.ExplanationView": OWNED,
     "explanations.VerifyView": OWNED,
     "explanations.PlotView": OWNED,
+    "fairness.FairnessView": REVIEW,
+    "fairness.FairnessVersionView": REVIEW,
 }
 
 UNLISTED = ADMIN
