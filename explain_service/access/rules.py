@@ -55,6 +55,8 @@ RULES: dict[str, Rule] = {
     "explanations.PlotView": OWNED,
     "fairness.FairnessView": REVIEW,
     "fairness.FairnessVersionView": REVIEW,
+    "fairness.ImportanceView": REVIEW,
+    "fairness.BeeswarmView": REVIEW,
 }
 
 UNLISTED = ADMIN
