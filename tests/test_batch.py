@@ -272,11 +272,12 @@ def test_missing_feature_columns_fail_before_any_work(batch_models: Path, tmp_pa
 
 @dataclass
 class FakeModel:
-    """Just what validation needs: a name, a hash and a schema with every kind of feature."""
+    """Just what validation needs: a name, a hash, a schema with every kind of feature, no preprocessing."""
 
     name: str
     sha256: str
     schema: FeatureSchema
+    preprocessor: None = None
 
 
 MIXED = FakeModel(
