@@ -14,7 +14,9 @@ any other, so holding one record's id does not lead to its neighbours; with it, 
 gives every row the id it had before, and a chunk whose first entry is already stored (it was
 appended just before a crash) is not appended again. The output's ``audit_id`` column is how a
 user maps rows to records. Running a finished job again is a new job with a new key: its rows
-get new records, and the trail shows both runs.
+get new records, and the trail shows both runs. The key travels in the chunk plan to wherever
+chunks are computed (worker processes, Dask workers), which run the job's code and see its rows
+anyway; it is never written anywhere else.
 
 Each record's body carries ``"batch": {"job", "row", "ids"}``: the job's id (a hash of its
 identity), the input row and the values of the ``--id-columns`` for that row, so a reviewer
