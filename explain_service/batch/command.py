@@ -87,6 +87,7 @@ audit_id column names it. Ids are b + 32 hex digits of HMAC-SHA256(job key,
 row): unguessable from one another, reproduced by --resume (which never
 stores a row twice) from the key kept in the parts directory. Running a
 finished job again is a new job with new records and ids.
+
 --id-columns COL[,COL] names input columns holding the caller's ids: they
 must be in the input and must not be model features (ids are never fed to
 the model); their values go into each audit record's body under
