@@ -54,6 +54,9 @@ def read_background(data: bytes, schema: FeatureSchema) -> pd.DataFrame:
         keep_default_na=False,
         # Only an empty cell of a feature that takes missing values is missing ("NA" is a category).
         na_values={f.name: [""] for f in schema.features if f.missing},
+        # The file holds each float's shortest round-trip text; pandas' default parser can land one
+        # ulp away, enough to move a row across a tree's split threshold.
+        float_precision="round_trip",
     )
     if list(frame.columns) != schema.names:
         raise ValueError("background columns do not match the feature schema")
