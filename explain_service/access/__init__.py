@@ -17,7 +17,6 @@ and the headers are added. Nothing here imports the API or the pages; they impor
 from __future__ import annotations
 
 import contextlib
-from typing import Any
 
 from flask import Flask, current_app, g, request
 
@@ -32,6 +31,7 @@ from explain_service.access.guard import (
     require_owner,
 )
 from explain_service.access.keys import ApiKey, KeyAdminError, KeyStore
+from explain_service.audit.store import AuditStore
 from explain_service.config import Settings
 from explain_service.errors import ServiceError
 
@@ -49,9 +49,9 @@ __all__ = [
 ]
 
 
-def init_app(app: Flask, settings: Settings, audit: Any) -> Access:
+def init_app(app: Flask, settings: Settings, audit: AuditStore) -> Access:
     """Install the access layer on ``app``; call before the API's blueprints are registered."""
-    state = Access(keys=KeyStore(settings.database_url, audit), required=settings.auth != "off")
+    state = Access(keys=KeyStore(audit), required=settings.auth != "off")
     app.extensions["explain_access"] = state
 
     if settings.request_deadline_seconds > 0:
