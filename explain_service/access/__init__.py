@@ -2,11 +2,12 @@
 
 ::
 
-    keys.py      API keys in the audit database (hash only), with a one-second lookup cache
+    keys.py      API keys in the audit database (hash only, on the audit store's engine), one-second cache
     rules.py     endpoint -> least role; routes that show one record are owner-checked
     guard.py     the one before_request: 401 / 403, ``g.principal``; the owner check for records
     costs.py     what a request declares it will cost; the per-request evaluation budget
     limits.py    per-key rate limits (flask-limiter) and the daily counterfactual quota
+    memory.py    the per-process moving-window store behind ``memory://`` limits
     headers.py   security headers; no gunicorn banner
 
 Per request, in order: the deadline starts, the guard authenticates and authorises, an ``:explain``
