@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import random
 import statistics
 import sys
@@ -32,6 +34,7 @@ from bench._common import gunicorn, percentile_ms, write_section
 from bench.bench_shap import MODELS, http_post
 from explain_service.access.keys import KeyStore
 from explain_service.app import create_app
+from explain_service.logs import REQUEST_LOGGER
 from explain_service.registry.demo import build_demo
 from explain_service.registry.store import ModelRegistry
 
@@ -63,6 +66,7 @@ def hook_times(app: Any, headers: dict[str, str], body: bytes, n: int) -> list[f
 
 def in_process(tmp: str, body: bytes) -> tuple[float, float]:
     """Median microseconds of the request hooks with access control on and off."""
+    logging.getLogger(REQUEST_LOGGER).setLevel(logging.WARNING)  # the same for both; not measured here
     apps = {}
     for name, config in (("on", {"ratelimit_default": "1000000/minute"}),
                          ("off", {"auth": "off", "ratelimit_default": ""})):  # fmt: skip
@@ -90,6 +94,7 @@ def main() -> None:
     rows = model.background.sample(n, replace=True, random_state=3).to_dict("records")
     bodies = [json.dumps({"instances": [{k: getattr(v, "item", lambda v=v: v)() for k, v in r.items()}]}).encode()
               for r in rows]  # fmt: skip
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         hooks_on, hooks_off = in_process(tmp, bodies[0])
         secured_db = f"sqlite:///{tmp}/secured.sqlite3"
@@ -116,10 +121,12 @@ def main() -> None:
                 for name in names:
                     port, headers = ports[name]
                     times[name].append(http_post(port, PATH, b, headers))
+    load_after = os.getloadavg()[0]
     p50 = {name: percentile_ms(t, 50) for name, t in times.items()}
     body = (
         f"One-row `:explain` (german-credit, SHAP) over HTTP, 2 sync workers per server, SQLite audit store, "
-        f"{n} rounds of one request to each server in a shuffled order.\n\n"
+        f"{n} rounds of one request to each server in a shuffled order; 1-minute load average "
+        f"{load_before:.1f} before, {load_after:.1f} after (other jobs share this 2-core machine).\n\n"
         "| server | p50 ms | p90 ms |\n|---|---|---|\n"
         f"| keys + per-key limits on | {p50['on']:.2f} | {percentile_ms(times['on'], 90):.2f} |\n"
         f"| both off | {p50['off']:.2f} | {percentile_ms(times['off'], 90):.2f} |\n"
