@@ -18,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 
+from explain_service import metrics
 from explain_service.errors import ArtifactRefused, IntegrityError, ModelNotFound, ModelUnavailable
 from explain_service.registry import artifacts
 from explain_service.registry.manifest import (
@@ -247,6 +248,7 @@ class ModelRegistry:
             problem = self._verdicts.recheck(key, full=full)
             if problem is not None:
                 log.error("model %s version %s changed on disk in %s: %s", name, version, directory, problem)
+                metrics.model_load_failed(name)
                 self._loaded.pop(key, None)
                 return self._verdicts.mark_broken(key, directory, f"changed on disk since loading; {problem}")
             model = self._loaded.get(key)
@@ -269,6 +271,7 @@ class ModelRegistry:
             files = VersionFiles(directory, _verified_hashes(model, directory))
         except Exception as exc:  # any failure makes this version unavailable, never the server
             log.error("model %s version %s cannot be loaded from %s: %s", *key, directory, exc)
+            metrics.model_load_failed(key[0])
             return self._verdicts.mark_broken(key, directory, public_reason(exc, directory), stamp)
         if self.threads is not None:
             model.set_threads(self.threads)
