@@ -75,12 +75,15 @@ def serve(
             settings.request_deadline_seconds,
             timeout,
         )
-    for directory in (Path(settings.plots_dir), Path("var")):
-        directory.mkdir(parents=True, exist_ok=True)
-    metrics_dir = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", "var/prometheus"))
-    shutil.rmtree(metrics_dir, ignore_errors=True)
-    metrics_dir.mkdir(parents=True)
     _prepare_audit_store(settings)
+    metrics_dir = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", "var/prometheus"))
+    try:
+        for directory in (Path(settings.plots_dir), Path("var")):
+            directory.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True)
+    except OSError as exc:
+        raise click.ClickException(f"cannot create {exc.filename}: {exc.strerror}") from None
     gunicorn = Path(sys.executable).with_name("gunicorn")
     args = [
         str(gunicorn),
@@ -112,12 +115,24 @@ def serve(
 
 
 def _prepare_audit_store(settings: Settings) -> None:
-    """Create the audit schema (and SQLite's WAL mode) once, before gunicorn forks its workers."""
+    """Create the audit schema (and SQLite's WAL mode) once, before gunicorn forks its workers.
+
+    A SQLite store that cannot be created or written (a directory that cannot be made, a read-only
+    file) stops ``serve`` with exit status 2: it will not heal by itself. A PostgreSQL server that does
+    not answer yet only warns; ``/readyz`` reports it until it does.
+    """
+    from explain_service.access.commands import StoreUnusable
+    from explain_service.audit.errors import AuditError
     from explain_service.audit.store import AuditStore
 
     with AuditStore(settings.database_url, durability=settings.audit_durability) as store:  # type: ignore[arg-type]
-        if not store.ping():
-            log.warning("the audit store does not answer yet; /readyz will say so")
+        try:
+            store.check_writable()
+        except AuditError as exc:
+            detail = getattr(exc, "detail", "") or str(exc)
+            if store.backend == "sqlite":
+                raise StoreUnusable(f"the audit store cannot be used: {detail}") from None
+            log.warning("the audit store does not answer yet (%s); /readyz will say so", detail)
 
 
 @main.group()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from explain_service.api import docs, errors, explanations, fairness, health, models
+from explain_service.api import docs, errors, explanations, fairness, health, models, telemetry
 
 
 def init_app(app: Flask) -> None:
@@ -15,5 +15,6 @@ def init_app(app: Flask) -> None:
     api.register_blueprint(explanations.blp)
     api.register_blueprint(fairness.blp)
     errors.init_app(app)
+    telemetry.init_app(app)
     docs.init_app(app)
     app.extensions["explain_api"] = api
