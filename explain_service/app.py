@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from flask import Flask
@@ -17,6 +18,8 @@ from explain_service.logs import configure_app_logging
 from explain_service.plots.render import PlotCache
 from explain_service.registry.store import ModelRegistry
 from explain_service.service import ExplainService
+
+log = logging.getLogger(__name__)
 
 
 class Services:
@@ -64,4 +67,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     if settings.eager_load:
         # A version that fails is reported by /readyz and answered 503; the others serve.
         services.registry.load_all()
+        if not services.audit.ping():
+            # Why is logged by the store just before; the app still starts, so /readyz can say so.
+            log.error("the audit store cannot be used: requests that need it are answered 503 until it can")
     return app

@@ -2,7 +2,8 @@
 
 Sub-commands reach the same services as the HTTP API, through the same
 factory functions: ``serve``, ``models list|verify|build-demo``, ``batch``,
-``audit verify|export|reindex``, ``keys create|list|revoke``, ``models suspend|resume|suspensions``.
+``audit verify|export|reindex``, ``keys create|list|revoke``, ``models suspend|resume|suspensions``,
+``fairness``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import click
 from explain_service.access.commands import keys
 from explain_service.batch.command import batch
 from explain_service.config import Settings
+from explain_service.fairness.command import fairness
 from explain_service.logs import configure_app_logging
 
 log = logging.getLogger("explain_service.cli")  # not __name__: that is "__main__" under `python -m`
@@ -74,12 +76,15 @@ def serve(
             settings.request_deadline_seconds,
             timeout,
         )
-    for directory in (Path(settings.plots_dir), Path("var")):
-        directory.mkdir(parents=True, exist_ok=True)
-    metrics_dir = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", "var/prometheus"))
-    shutil.rmtree(metrics_dir, ignore_errors=True)
-    metrics_dir.mkdir(parents=True)
     _prepare_audit_store(settings)
+    metrics_dir = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", "var/prometheus"))
+    try:
+        for directory in (Path(settings.plots_dir), Path("var")):
+            directory.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True)
+    except OSError as exc:
+        raise click.ClickException(f"cannot create {exc.filename}: {exc.strerror}") from None
     gunicorn = Path(sys.executable).with_name("gunicorn")
     args = [
         str(gunicorn),
@@ -111,12 +116,24 @@ def serve(
 
 
 def _prepare_audit_store(settings: Settings) -> None:
-    """Create the audit schema (and SQLite's WAL mode) once, before gunicorn forks its workers."""
+    """Create the audit schema (and SQLite's WAL mode) once, before gunicorn forks its workers.
+
+    A SQLite store that cannot be created or written (a directory that cannot be made, a read-only
+    file) stops ``serve`` with exit status 2: it will not heal by itself. A PostgreSQL server that does
+    not answer yet only warns; ``/readyz`` reports it until it does.
+    """
+    from explain_service.access.commands import StoreUnusable
+    from explain_service.audit.errors import AuditError
     from explain_service.audit.store import AuditStore
 
     with AuditStore(settings.database_url, durability=settings.audit_durability) as store:  # type: ignore[arg-type]
-        if not store.ping():
-            log.warning("the audit store does not answer yet; /readyz will say so")
+        try:
+            store.check_writable()
+        except AuditError as exc:
+            detail = getattr(exc, "detail", "") or str(exc)
+            if store.backend == "sqlite":
+                raise StoreUnusable(f"the audit store cannot be used: {detail}") from None
+            log.warning("the audit store does not answer yet (%s); /readyz will say so", detail)
 
 
 @main.group()
@@ -439,6 +456,7 @@ def audit_reindex(database_url: str | None, rebuild: bool) -> None:
 
 main.add_command(batch)
 main.add_command(keys)
+main.add_command(fairness)
 
 
 if __name__ == "__main__":

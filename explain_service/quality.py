@@ -10,7 +10,8 @@ filters; both call :func:`quality_flags`, so the two cannot disagree::
     out_of_range           an input outside the [min, max] seen at registration (``flags.out_of_range``)
 
 Unseen categories never reach an explanation: validation refuses them with a 422, so no flag is needed.
-Nothing here imports a library beyond the standard one; it reads the explanation's JSON form.
+It reads the explanation's JSON form; the counterfactual budget's words are the metrics module's
+:data:`~explain_service.metrics.BUDGET_REASON`, which the search writes.
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from explain_service.metrics import BUDGET_REASON  # the search's own words when its budget cut it short
+
 ADDITIVITY_RTOL = 1e-5
 LOW_LIME_SCORE = 0.5
-BUDGET_RAN_OUT = "the time budget ran out"
-"""The reason the counterfactual search gives when its time budget cuts it short (in its ``message``)."""
 
 QUALITY_FLAGS = ("additivity_residual", "low_lime_r2", "counterfactual_budget", "out_of_range")
 EXPLANATION_QUALITY = QUALITY_FLAGS[:3]
@@ -51,7 +52,7 @@ def quality_flags(explanation: Mapping[str, Any]) -> list[str]:
         if isinstance(score, int | float) and score < LOW_LIME_SCORE:
             found.append("low_lime_r2")
     counterfactual = explanation.get("counterfactual")
-    if isinstance(counterfactual, Mapping) and BUDGET_RAN_OUT in str(counterfactual.get("message") or ""):
+    if isinstance(counterfactual, Mapping) and BUDGET_REASON in str(counterfactual.get("message") or ""):
         found.append("counterfactual_budget")
     flags = explanation.get("flags")
     if isinstance(flags, Mapping) and flags.get("out_of_range"):

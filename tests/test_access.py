@@ -161,7 +161,7 @@ def test_a_revoked_key_is_refused_within_two_seconds(secured, url: str) -> None:
     _, client, keys = secured
     assert client.get(CHEAP, headers=auth(keys["other"])).status_code == 200  # now cached
     # Revoked by another process (the CLI) through its own store.
-    KeyStore(url, AuditStore(url)).revoke("other-explain-key", by="test")
+    KeyStore(AuditStore(url)).revoke("other-explain-key", by="test")
     revoked_at = time.monotonic()
     while client.get(CHEAP, headers=auth(keys["other"])).status_code == 200:
         assert time.monotonic() - revoked_at < 2.0
@@ -172,11 +172,11 @@ def test_a_revoked_key_is_refused_within_two_seconds(secured, url: str) -> None:
 
 def test_keys_are_stored_only_as_hashes_and_changes_are_audit_records(url: str) -> None:
     audit = AuditStore(url)
-    store = KeyStore(url, audit)
+    store = KeyStore(audit)
     key = store.create("alice", "review", by="cli:root")
     assert key.startswith(KEY_PREFIX) and len(key) >= 40
     store.revoke("alice", by="cli:root")
-    with store._ready_engine().connect() as conn:
+    with audit.connection() as conn:
         stored = conn.exec_driver_sql("SELECT key_sha256 FROM api_keys").scalar_one()
     assert stored == key_hash(key) and key not in stored
     bodies = [r.body for r in reversed(audit.list_records())]

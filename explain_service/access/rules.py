@@ -53,6 +53,10 @@ RULES: dict[str, Rule] = {
     "explanations.ExplanationView": OWNED,
     "explanations.VerifyView": OWNED,
     "explanations.PlotView": OWNED,
+    "fairness.FairnessView": REVIEW,
+    "fairness.FairnessVersionView": REVIEW,
+    "fairness.ImportanceView": REVIEW,
+    "fairness.BeeswarmView": REVIEW,
     "reviews.ReviewsView": OWNED,  # a calling system reads the overrides of its own records
     "reviews.AddReviewView": REVIEW,
     "suspensions.SuspendView": ADMIN,

@@ -7,6 +7,7 @@ from typing import Any
 from flask import current_app
 from flask.views import MethodView
 
+from explain_service import logs
 from explain_service.access import caller_name, has_role
 from explain_service.api import schemas
 from explain_service.api.blueprint import Blueprint
@@ -34,7 +35,9 @@ def _services() -> Any:
 
 
 def _model(name: str, version: str | None) -> LoadedModel:
-    return _services().registry.get(name, version)
+    model: LoadedModel = _services().registry.get(name, version)
+    logs.note(model=model.name, version=model.version)
+    return model
 
 
 def _rows(model: LoadedModel, instances: list[Any]) -> tuple[Prepared, list[dict[str, Any]]]:
@@ -128,6 +131,7 @@ def _explain(body: dict[str, Any], name: str, version: str | None) -> Any:
     methods = body["methods"]
     if len(set(methods)) != len(methods):
         raise ValidationFailed({"methods": ["Each method may be asked once."]})
+    logs.note(methods=list(methods))
     references = body.get("references")
     if references is not None and len(references) != len(body["instances"]):
         raise ValidationFailed(

@@ -26,9 +26,11 @@ anything is written.
 
 from __future__ import annotations
 
+import time
 from functools import cache
 from typing import Any
 
+from explain_service import logs, metrics
 from explain_service.audit.chain import canonical_json
 from explain_service.audit.store import AuditEntry, AuditStore, AuditWriteError, RecordTooLarge
 from explain_service.errors import AuditUnavailable, PayloadTooLarge
@@ -128,12 +130,17 @@ class AuditRecorder:
             )
             for e in entries
         ]
+        started = time.perf_counter()
         try:
             stored = self.store.append(audit_entries)
         except RecordTooLarge as exc:
             raise too_large(exc, entries[exc.index]) from None
         except AuditWriteError as exc:
             raise AuditUnavailable(exc.reason) from None
+        if stored:
+            metrics.observe_audit_append(time.perf_counter() - started, len(stored), stored[-1].seq)
+            metrics.observe_explanations(model.name, (e["explanation"] for e in entries))
+            logs.note(audit_seq=stored[-1].seq)
         return [s.id for s in stored]
 
     def ping(self) -> bool:

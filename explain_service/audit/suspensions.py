@@ -214,6 +214,7 @@ class Suspensions:
         if not self._ready:
             with self._lock:
                 if not self._ready:
+                    self.store.head()  # the audit store makes its directory and schema first, or refuses
                     try:
                         metadata.create_all(self._engine)
                     except SQLAlchemyError:

@@ -17,8 +17,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from explain_service.registry.manifest import Manifest
-from explain_service.registry.preprocess import Compiled, NotMappable, compile_transform, feature_map
+from explain_service.registry.manifest import Manifest, sensitive_dict
+from explain_service.registry.preprocess import (
+    Compiled,
+    NotMappable,
+    compile_transform,
+    compiled_agrees,
+    feature_map,
+    with_missing,
+)
 from explain_service.registry.schema import FeatureSchema
 
 SKLEARN_TREES = (
@@ -124,9 +131,7 @@ class LoadedModel:
                 self.feature_index = None
             self._compiled = compile_transform(self.preprocessor, names)
             self.transform_path = "sklearn"
-            # The compiled transformers assume complete rows; imputers and NaN categories need sklearn.
-            takes_missing = any(f.missing for f in self.schema.features)
-            if self._compiled is not None and not takes_missing and self._compiled_agrees():
+            if self._compiled is not None and self._compiled_agrees():
                 self.transform_path = "compiled"
             else:
                 self._compiled = None
@@ -230,17 +235,13 @@ class LoadedModel:
         return np.array([codes.get(v, np.nan) for v in rows[name].tolist()], dtype=np.float64)
 
     def _compiled_agrees(self) -> bool:
+        """The compiled path equals sklearn's on the background, and on it with NaN in every nullable feature."""
         assert self._compiled is not None
-        try:
-            fast = self._compiled(self.columns(self.background))
-            ref = self.preprocessor.transform(self.background[self.schema.names])  # type: ignore[union-attr]
-        except Exception:
-            return False
-        if hasattr(ref, "toarray"):
-            # Sparse output changes what XGBoost treats as missing; keep the library path.
-            return False
-        ref = np.asarray(ref, dtype=np.float64)
-        return fast.shape == ref.shape and bool(np.array_equal(fast, ref))
+        frames = [self.background]
+        nullable = {f.name: f.dtype for f in self.schema.features if f.missing}
+        if nullable:
+            frames.append(with_missing(self.background, nullable))
+        return compiled_agrees(self._compiled, self.preprocessor, frames, self.schema.names)
 
     # -- predictions on the estimator's matrix ---------------------------------------------------
     def _dmatrix(self, X: np.ndarray) -> Any:
@@ -305,6 +306,7 @@ class LoadedModel:
             "favorable": m.favorable,
             "features": [f.to_dict() for f in m.schema.features],
             "constraints": {k: c.to_dict() for k, c in m.schema.constraints.items()},
+            "sensitive": sensitive_dict(m.sensitive),
             "estimator": m.estimator.cls,
             "shap_path": self.family,
             "transform_path": self.transform_path,

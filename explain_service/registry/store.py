@@ -91,6 +91,7 @@ def register_model(
     description: str | None = None,
     feature_overrides: dict[str, dict[str, Any]] | None = None,
     allow_missing: Sequence[str] = (),
+    sensitive: Mapping[str, Sequence[float] | None] | None = None,
     review_rules: Mapping[str, Any] | None = None,
 ) -> Manifest:
     """Store a fitted model in the registry and return its manifest.
@@ -122,6 +123,12 @@ def register_model(
     allow_missing
         Features that take missing values although the background has none there; the model
         must predict on rows with NaN in them.
+    sensitive
+        Sensitive features and how to group them: ``{"sex": None, "age": [0, 25, 40, 60, 200]}``
+        (bin edges, strictly increasing and covering the background's range, for numeric
+        features; None for categorical ones). They are the default groups of bias audits, and
+        counterfactuals never change them unless ``constraints`` gives them ``{"mutable": True}``
+        explicitly.
     review_rules
         When an explanation is routed to a human reviewer (``review_required``), e.g.
         ``{"probability_band": 0.05, "sensitive_features": ["sex"]}``; omitted rules take their
@@ -136,7 +143,7 @@ def register_model(
     target = _target_dir(models_dir, name, version)
     original = _check_background(model, background)
     try:
-        schema = infer_schema(original, feature_overrides, constraints, allow_missing)
+        schema = infer_schema(original, feature_overrides, constraints, allow_missing, sensitive)
     except (ValueError, KeyError) as exc:
         raise RegistrationError(str(exc)) from None
     try:
