@@ -7,6 +7,7 @@ from typing import Any
 from flask import Flask
 
 from explain_service.api.blueprint import configure_url_map
+from explain_service.audit.projections import TrailIndex
 from explain_service.audit.recorder import AuditRecorder
 from explain_service.audit.store import AuditStore
 from explain_service.config import Settings
@@ -28,6 +29,7 @@ class Services:
             recheck_seconds=settings.model_recheck_seconds,
         )
         self.audit = AuditStore(settings.database_url, durability=settings.audit_durability)  # type: ignore[arg-type]
+        self.index = TrailIndex(self.audit)  # the reviewers' list, queue and review events
         self.service = ExplainService(recorder=AuditRecorder(self.audit))
         self.plots = PlotCache(settings.plots_dir)
 
