@@ -53,6 +53,8 @@ RULES: dict[str, Rule] = {
     "explanations.ExplanationView": OWNED,
     "explanations.VerifyView": OWNED,
     "explanations.PlotView": OWNED,
+    "reviews.ReviewsView": OWNED,  # a calling system reads the overrides of its own records
+    "reviews.AddReviewView": REVIEW,
     # The reviewers' pages (a session cookie from /review/login also authenticates them).
     "root": PUBLIC,
     "review.static": PUBLIC,

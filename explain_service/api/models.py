@@ -118,6 +118,15 @@ def _explain(body: dict[str, Any], name: str, version: str | None) -> Any:
     methods = body["methods"]
     if len(set(methods)) != len(methods):
         raise ValidationFailed({"methods": ["Each method may be asked once."]})
+    references = body.get("references")
+    if references is not None and len(references) != len(body["instances"]):
+        raise ValidationFailed(
+            {
+                "references": [
+                    f"One per instance ({len(body['instances'])}), in the same order; null for none."
+                ]
+            }
+        )
     answer = _services().service.explain(
         model,
         rows,
@@ -126,6 +135,7 @@ def _explain(body: dict[str, Any], name: str, version: str | None) -> Any:
         options=body.get("options") or {},
         instances=records,
         caller=caller_name(),
+        references=references,
     )
     return json_response(answer)
 

@@ -49,6 +49,7 @@ from explain_service.registry.loading import (
 )
 from explain_service.registry.manifest import MANIFEST_NAME, NAME_RE, VERSION_RE, ArtifactRef, Manifest
 from explain_service.registry.model import LoadedModel
+from explain_service.registry.review_rules import ReviewRules
 from explain_service.registry.schema import Constraint, infer_schema
 from explain_service.versions import library_versions
 
@@ -90,6 +91,7 @@ def register_model(
     description: str | None = None,
     feature_overrides: dict[str, dict[str, Any]] | None = None,
     allow_missing: Sequence[str] = (),
+    review_rules: Mapping[str, Any] | None = None,
 ) -> Manifest:
     """Store a fitted model in the registry and return its manifest.
 
@@ -120,6 +122,10 @@ def register_model(
     allow_missing
         Features that take missing values although the background has none there; the model
         must predict on rows with NaN in them.
+    review_rules
+        When an explanation is routed to a human reviewer (``review_required``), e.g.
+        ``{"probability_band": 0.05, "sensitive_features": ["sex"]}``; omitted rules take their
+        defaults and the manifest stores them all (:mod:`~explain_service.registry.review_rules`).
 
     Raises
     ------
@@ -132,6 +138,10 @@ def register_model(
     try:
         schema = infer_schema(original, feature_overrides, constraints, allow_missing)
     except (ValueError, KeyError) as exc:
+        raise RegistrationError(str(exc)) from None
+    try:
+        rules = ReviewRules.from_dict(review_rules, tuple(schema.names))
+    except ValueError as exc:
         raise RegistrationError(str(exc)) from None
     stored = schema.coerce(original)
     pre, final = _split(model)
@@ -156,6 +166,7 @@ def register_model(
         libraries=library_versions(("scikit-learn", "xgboost", "skops", "numpy", "pandas", "shap")),
         description=description or "",
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        review_rules=rules,
     )
     _write_checked(target, blobs, manifest, lambda loaded: _verify(model, loaded, original, labels))
     return manifest
