@@ -64,6 +64,15 @@ class RecordView:
         ref = self.body.get("reference")
         return ref if isinstance(ref, str) else None
 
+    def review_reasons(self) -> list[str]:
+        """Why the routing rules sent this explanation to a human, in words (empty: they did not)."""
+        if self.indexed is not None:
+            required, rules = self.indexed.review_required, list(self.indexed.review_rules)
+        else:
+            review = self.body.get("review") or {}
+            required, rules = bool(review.get("required")), list(review.get("rules") or [])
+        return [words.RULE_TEXT.get(rule, rule) for rule in rules] if required else []
+
     def decision_sentence(self) -> str:
         return words.decision_sentence(self.prediction, self.favorable)
 
