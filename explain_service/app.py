@@ -10,6 +10,7 @@ from explain_service.api.blueprint import configure_url_map
 from explain_service.audit.projections import TrailIndex
 from explain_service.audit.recorder import AuditRecorder
 from explain_service.audit.store import AuditStore
+from explain_service.audit.suspensions import Suspensions
 from explain_service.config import Settings
 from explain_service.jsonio import OrjsonProvider
 from explain_service.logs import configure_app_logging
@@ -30,6 +31,7 @@ class Services:
         )
         self.audit = AuditStore(settings.database_url, durability=settings.audit_durability)  # type: ignore[arg-type]
         self.index = TrailIndex(self.audit)  # the reviewers' list, queue and review events
+        self.suspensions = Suspensions(self.audit)  # the stop button
         self.service = ExplainService(recorder=AuditRecorder(self.audit))
         self.plots = PlotCache(settings.plots_dir)
 

@@ -55,6 +55,10 @@ RULES: dict[str, Rule] = {
     "explanations.PlotView": OWNED,
     "reviews.ReviewsView": OWNED,  # a calling system reads the overrides of its own records
     "reviews.AddReviewView": REVIEW,
+    "suspensions.SuspendView": ADMIN,
+    "suspensions.ResumeView": ADMIN,
+    "suspensions.SuspendVersionView": ADMIN,
+    "suspensions.ResumeVersionView": ADMIN,
     # The reviewers' pages (a session cookie from /review/login also authenticates them).
     "root": PUBLIC,
     "review.static": PUBLIC,

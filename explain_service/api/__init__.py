@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from explain_service.api import docs, errors, explanations, health, models, reviews
+from explain_service.api import docs, errors, explanations, health, models, reviews, suspensions
 
 
 def init_app(app: Flask) -> None:
@@ -14,6 +14,7 @@ def init_app(app: Flask) -> None:
     api.register_blueprint(models.blp)
     api.register_blueprint(explanations.blp)
     api.register_blueprint(reviews.blp)
+    api.register_blueprint(suspensions.blp)
     errors.init_app(app)
     docs.init_app(app)
     app.extensions["explain_api"] = api

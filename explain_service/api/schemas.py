@@ -14,6 +14,7 @@ from typing import Any
 from marshmallow import Schema, ValidationError, fields, pre_load, validate
 
 from explain_service.audit.reviews import ACTIONS, MAX_COMMENT, STATUSES
+from explain_service.audit.suspensions import MAX_REASON
 from explain_service.errors import MAX_LISTED_ERRORS
 from explain_service.explainers import EXPLAINERS
 from explain_service.fields import StrictBoolean
@@ -297,6 +298,14 @@ class ModelDescription(Schema):
         values=fields.String(),
         metadata={"description": "Library versions at registration (review and admin keys only)"},
     )
+    review_rules = fields.Dict(metadata={"description": "When an explanation is routed to a human reviewer."})
+    suspension = fields.Nested(
+        "SuspensionSchema",
+        allow_none=True,
+        metadata={
+            "description": "The suspension in force for this version (its own or the model's), or null."
+        },
+    )
 
 
 class ModelList(Schema):
@@ -382,3 +391,30 @@ class ReviewList(Schema):
         allow_none=True, metadata={"description": "The override's decision when the status is overridden."}
     )
     reviews = fields.List(fields.Nested(ReviewEventSchema), metadata={"description": "Oldest first."})
+
+
+class SuspendRequest(Schema):
+    reason = fields.String(
+        required=True,
+        validate=validate.Length(min=1, max=MAX_REASON),
+        metadata={"description": "Why: shown to every caller in the 503 answer and kept in the audit chain."},
+    )
+
+
+class ResumeRequest(Schema):
+    reason = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=MAX_REASON))
+
+
+class SuspensionSchema(Schema):
+    name = fields.String()
+    version = fields.String(allow_none=True, metadata={"description": "null: every version of the model"})
+    scope = fields.String(validate=validate.OneOf(["model", "version"]))
+    reason = fields.String()
+    by = fields.String(allow_none=True, metadata={"description": "The admin key's name (or cli:<login>)."})
+    since = fields.String()
+    record_id = fields.String(allow_none=True, metadata={"description": "Its audit record."})
+
+
+class SuspensionAnswer(Schema):
+    suspended = fields.Boolean()
+    suspension = fields.Nested(SuspensionSchema)
