@@ -183,7 +183,7 @@ class RecordView:
             "rows": rows,
             "target": cf.get("target"),
             "message": cf.get("message"),
-            "metrics": cf.get("metrics") or {},
+            "metrics": {k: words.number(v, 3) for k, v in (cf.get("metrics") or {}).items()},
             "seed": cf.get("seed"),
             "marks": sorted(marks.items()),
         }
