@@ -335,3 +335,33 @@ def test_an_admin_suspends_and_resumes_a_model_version_from_its_record(site) -> 
         ("resume", "admin-1"),
         ("suspend", "admin-1"),
     ]
+
+
+def test_only_the_pages_open_a_session_so_the_api_works_without_the_secret(
+    demo_models_dir: Path, tmp_path
+) -> None:
+    app = make_app(demo_models_dir, tmp_path / "audit.sqlite3", auth="off")
+    client = app.test_client()
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/v1/models").status_code == 200
+    assert app.secret_key is None and "Set-Cookie" not in client.get("/v1/models").headers
+    assert client.get("/review/login").status_code == 200
+    assert app.secret_key is not None
+
+
+def test_pages_answer_503_when_the_secret_cannot_be_read(
+    demo_models_dir: Path, tmp_path, monkeypatch
+) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    from explain_service.review import session as review_session
+
+    def unreachable(*_args: Any) -> str:
+        raise OperationalError("SELECT", {}, Exception("connection refused"))
+
+    monkeypatch.setattr(review_session, "session_secret", unreachable)
+    app = make_app(demo_models_dir, tmp_path / "audit.sqlite3")
+    client = app.test_client()
+    r = client.get("/review/login", headers=HTML)
+    assert r.status_code == 503 and r.mimetype == "text/html"  # a 5xx page shows only its summary
+    assert client.get("/healthz").status_code == 200
