@@ -7,6 +7,7 @@ The browser-level checks (images load, no script runs, screenshots) are in
 from __future__ import annotations
 
 import re
+from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -220,6 +221,17 @@ def test_the_list_filters_by_model_and_flag_and_pages_by_keyset(site) -> None:
     html = client.get("/review/?model=german-credit-linear&order=oldest").get_data(as_text=True)
     assert re.findall(r'href="/review/explanations/([0-9a-f]+)"', html) == ids["german-credit-linear"]
     assert client.get("/review/?from=yesterday&status=lost").status_code == 422
+    today = (
+        site["app"].extensions["explain"].index.get(ids["german-credit"][0]).created_at.astimezone(UTC).date()
+    )
+    for since, until, expected in (
+        (today, today, 4),
+        (today + timedelta(days=1), None, 0),
+        (None, today - timedelta(days=1), 0),
+    ):
+        query = "&".join(f"{k}={v}" for k, v in (("from", since), ("to", until)) if v is not None)
+        html = client.get(f"/review/?{query}").get_data(as_text=True)
+        assert len(re.findall(r'href="/review/explanations/([0-9a-f]+)"', html)) == expected, query
 
 
 def test_keyset_pages_cover_every_record_once(site, monkeypatch) -> None:
