@@ -12,7 +12,8 @@ The chain (``audit_records``) stays the only evidence and its append path is not
 :data:`INDEX_LOCK_KEY`, not the chain's; SQLite: the file's write lock), re-reading ``last_seq`` once the
 lock is held. So several workers and hosts may call it at once: each record is projected exactly once,
 and a batch either lands whole or not at all. It stops at the first gap in ``seq`` (a record still being
-committed) and takes it up on the next call. Reads call it first, so the list, the queue and a record's
+committed) and takes it up on the next call. An index made by another version of the code (its format
+row differs) is dropped and projected again on first use. Reads call it first, so the list, the queue and a record's
 status include everything appended before the read (a trail far behind, e.g. just bulk-loaded, is
 projected at most ``read_catch_up`` records per read; ``explain-service audit reindex`` does it all).
 :meth:`TrailIndex.rebuild` empties the index and projects the chain again.
@@ -91,6 +92,8 @@ __all__ = ["INDEX_LOCK_KEY", "Filters", "IndexedRecord", "Page", "TrailIndex"]
 INDEX_LOCK_KEY = 0x6175646974696478  # b"auditidx": the index's own advisory lock, never the chain's
 BATCH = 1000
 READ_CATCH_UP = 50_000
+INDEX_FORMAT = 2  # raise it when the index tables change: an index of another format is rebuilt
+FORMAT = "format"  # the state row holding the format (in last_seq)
 _MAX_PAGE = 500
 
 
@@ -293,13 +296,17 @@ class TrailIndex:
             if self._ready:
                 return
             self.store.head()  # the chain's own schema first (it creates it on first use)
-            if not inspect(self._engine).has_table(state.name):
-                with self._locked() as conn:
-                    metadata.create_all(conn)
             with self._locked() as conn:
-                present = conn.execute(select(state.c.name).where(state.c.name == TRAIL)).first()
-                if present is None:
-                    conn.execute(insert(state).values(name=TRAIL, last_seq=0))
+                if inspect(conn).has_table(state.name):
+                    found = conn.execute(select(state.c.last_seq).where(state.c.name == FORMAT)).scalar()
+                    if found != INDEX_FORMAT:  # made by another version: derived, so rebuilt from the chain
+                        metadata.drop_all(conn)
+                if not inspect(conn).has_table(state.name):
+                    metadata.create_all(conn)
+                    conn.execute(
+                        insert(state),
+                        [{"name": TRAIL, "last_seq": 0}, {"name": FORMAT, "last_seq": INDEX_FORMAT}],
+                    )
             self._ready = True
 
     @contextmanager
