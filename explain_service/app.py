@@ -60,10 +60,11 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     services = Services(settings)
     app.extensions["explain"] = services
 
-    from explain_service import access, api
+    from explain_service import access, api, review
 
     access.init_app(app, settings, services.audit)
     api.init_app(app)
+    review.init_app(app)
     if settings.eager_load:
         # A version that fails is reported by /readyz and answered 503; the others serve.
         services.registry.load_all()
