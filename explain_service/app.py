@@ -7,8 +7,10 @@ from typing import Any
 from flask import Flask
 
 from explain_service.api.blueprint import configure_url_map
+from explain_service.audit.incidents import IncidentIndex
 from explain_service.audit.recorder import AuditRecorder
 from explain_service.audit.store import AuditStore
+from explain_service.audit.tally import Tally
 from explain_service.config import Settings
 from explain_service.jsonio import OrjsonProvider
 from explain_service.logs import configure_app_logging
@@ -30,6 +32,7 @@ class Services:
         self.audit = AuditStore(settings.database_url, durability=settings.audit_durability)  # type: ignore[arg-type]
         self.service = ExplainService(recorder=AuditRecorder(self.audit))
         self.plots = PlotCache(settings.plots_dir)
+        self.tally = Tally(self.audit, [IncidentIndex()])
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:

@@ -2,7 +2,7 @@
 
 Sub-commands reach the same services as the HTTP API, through the same
 factory functions: ``serve``, ``models list|verify|build-demo``, ``batch``,
-``audit verify|export``, ``keys create|list|revoke``.
+``audit verify|export``, ``keys create|list|revoke``, ``incidents export|verify``.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 import click
 
 from explain_service.access.commands import keys
+from explain_service.audit.incident_commands import incidents
 from explain_service.batch.command import batch
 from explain_service.config import Settings
 from explain_service.logs import configure_app_logging
@@ -347,6 +348,7 @@ def audit_export(database_url: str | None, output: str) -> None:
 
 main.add_command(batch)
 main.add_command(keys)
+main.add_command(incidents)
 
 
 if __name__ == "__main__":

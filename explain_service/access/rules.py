@@ -53,6 +53,8 @@ RULES: dict[str, Rule] = {
     "explanations.ExplanationView": OWNED,
     "explanations.VerifyView": OWNED,
     "explanations.PlotView": OWNED,
+    "incidents.IncidentsView": REVIEW,
+    "incidents.IncidentView": REVIEW,
 }
 
 UNLISTED = ADMIN

@@ -59,6 +59,9 @@ class Manifest:
     description: str = ""
     created_at: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    intended_use: str = ""
+    owner: str = ""
+    personal: tuple[str, ...] = ()
 
     @property
     def sha256(self) -> str:
@@ -83,6 +86,10 @@ class Manifest:
             "files": dict(sorted(self.files.items())),
             "libraries": self.libraries,
             **({"extra": self.extra} if self.extra else {}),
+            # Written only when given, so manifests without them keep their bytes.
+            **({"intended_use": self.intended_use} if self.intended_use else {}),
+            **({"owner": self.owner} if self.owner else {}),
+            **({"personal": list(self.personal)} if self.personal else {}),
         }
 
     def to_json(self) -> bytes:
@@ -110,6 +117,9 @@ class Manifest:
             description=str(data.get("description") or ""),
             created_at=str(data.get("created_at") or ""),
             extra=dict(data.get("extra") or {}),
+            intended_use=str(data.get("intended_use") or ""),
+            owner=str(data.get("owner") or ""),
+            personal=tuple(str(f) for f in data.get("personal") or ()),
         )
 
     @classmethod
