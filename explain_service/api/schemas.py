@@ -268,6 +268,14 @@ class ModelDescription(Schema):
     favorable = fields.String(allow_none=True)
     features = fields.List(fields.Nested(FeatureSchemaDoc))
     constraints = fields.Dict(keys=fields.String(), values=fields.Nested(ConstraintDoc))
+    sensitive = fields.Dict(
+        keys=fields.String(),
+        values=fields.List(fields.Float(), allow_none=True),
+        metadata={
+            "description": "Sensitive features and their groups: bin edges for numeric features "
+            "(bins [a, b), the last one [a, b]), null for features grouped by value."
+        },
+    )
     methods = fields.List(fields.String())
     shap_outputs = fields.List(fields.String())
     estimator = fields.String(metadata={"description": "The estimator's class"})

@@ -64,6 +64,11 @@ class Manifest:
     personal: tuple[str, ...] = ()
 
     @property
+    def sensitive(self) -> dict[str, tuple[float, ...] | None]:
+        """Sensitive features: bin edges for numeric ones, None for those grouped by value."""
+        return self.schema.sensitive
+
+    @property
     def sha256(self) -> str:
         """The model's identity: a hash over every artifact's hash."""
         return hashlib.sha256(orjson.dumps(self.files, option=orjson.OPT_SORT_KEYS)).hexdigest()
@@ -80,6 +85,7 @@ class Manifest:
             "favorable": self.favorable,
             "features": [f.to_dict() for f in self.schema.features],
             "constraints": {k: c.to_dict() for k, c in self.schema.constraints.items()},
+            "sensitive": sensitive_dict(self.schema.sensitive),
             "estimator": self.estimator.to_dict(),
             "preprocessor": self.preprocessor.to_dict() if self.preprocessor else None,
             "background": self.background_file,
@@ -108,7 +114,7 @@ class Manifest:
             task=str(data["task"]),
             class_names=tuple(str(c) for c in data.get("class_names") or ()),
             favorable=data.get("favorable"),
-            schema=FeatureSchema(features, constraints),
+            schema=FeatureSchema(features, constraints, _parse_sensitive(data.get("sensitive"))),
             estimator=ArtifactRef.from_dict(data["estimator"]),
             preprocessor=ArtifactRef.from_dict(pre) if pre else None,
             background_file=str(data["background"]),
@@ -125,6 +131,15 @@ class Manifest:
     @classmethod
     def parse(cls, raw: bytes) -> Manifest:
         return cls.from_dict(orjson.loads(raw))
+
+
+def sensitive_dict(sensitive: dict[str, tuple[float, ...] | None]) -> dict[str, list[float] | None]:
+    """Sensitive features as JSON: ``{feature: [edges] or None}``."""
+    return {k: (list(v) if v is not None else None) for k, v in sensitive.items()}
+
+
+def _parse_sensitive(data: Any) -> dict[str, tuple[float, ...] | None]:
+    return {str(k): (tuple(v) if v is not None else None) for k, v in (data or {}).items()}
 
 
 def version_key(version: str) -> tuple[int, int, str]:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from explain_service.registry.manifest import Manifest
+from explain_service.registry.manifest import Manifest, sensitive_dict
 from explain_service.registry.preprocess import Compiled, NotMappable, compile_transform, feature_map
 from explain_service.registry.schema import FeatureSchema
 
@@ -307,6 +307,7 @@ class LoadedModel:
             "favorable": m.favorable,
             "features": [f.to_dict() for f in m.schema.features],
             "constraints": {k: c.to_dict() for k, c in m.schema.constraints.items()},
+            "sensitive": sensitive_dict(m.sensitive),
             "estimator": m.estimator.cls,
             "shap_path": self.family,
             "transform_path": self.transform_path,

@@ -93,6 +93,7 @@ def register_model(
     intended_use: str | None = None,
     owner: str | None = None,
     personal: Sequence[str] = (),
+    sensitive: Mapping[str, Sequence[float] | None] | None = None,
 ) -> Manifest:
     """Store a fitted model in the registry and return its manifest.
 
@@ -128,6 +129,12 @@ def register_model(
     personal
         Features holding personal data beyond the sensitive ones (a postcode, a birth date): withheld,
         like sensitive features, when incidents are exported with ``--redact``.
+    sensitive
+        Sensitive features and how to group them: ``{"sex": None, "age": [0, 25, 40, 60, 200]}``
+        (bin edges, strictly increasing and covering the background's range, for numeric
+        features; None for categorical ones). They are the default groups of bias audits, and
+        counterfactuals never change them unless ``constraints`` gives them ``{"mutable": True}``
+        explicitly.
 
     Raises
     ------
@@ -138,7 +145,7 @@ def register_model(
     target = _target_dir(models_dir, name, version)
     original = _check_background(model, background)
     try:
-        schema = infer_schema(original, feature_overrides, constraints, allow_missing)
+        schema = infer_schema(original, feature_overrides, constraints, allow_missing, sensitive)
     except (ValueError, KeyError) as exc:
         raise RegistrationError(str(exc)) from None
     unknown = [f for f in personal if f not in schema.names]
