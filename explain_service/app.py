@@ -8,6 +8,7 @@ from flask import Flask
 
 from explain_service.api.blueprint import configure_url_map
 from explain_service.audit.incidents import IncidentIndex
+from explain_service.audit.projections import TrailIndex
 from explain_service.audit.recorder import AuditRecorder
 from explain_service.audit.store import AuditStore
 from explain_service.audit.tally import Tally
@@ -30,6 +31,7 @@ class Services:
             recheck_seconds=settings.model_recheck_seconds,
         )
         self.audit = AuditStore(settings.database_url, durability=settings.audit_durability)  # type: ignore[arg-type]
+        self.index = TrailIndex(self.audit)  # the reviewers' list, queue and review events
         self.service = ExplainService(recorder=AuditRecorder(self.audit))
         self.plots = PlotCache(settings.plots_dir)
         self.tally = Tally(self.audit, [IncidentIndex()])
@@ -56,10 +58,11 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     services = Services(settings)
     app.extensions["explain"] = services
 
-    from explain_service import access, api
+    from explain_service import access, api, review
 
     access.init_app(app, settings, services.audit)
     api.init_app(app)
+    review.init_app(app)
     if settings.eager_load:
         # A version that fails is reported by /readyz and answered 503; the others serve.
         services.registry.load_all()

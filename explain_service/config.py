@@ -27,6 +27,7 @@ class Settings:
     eager_load: bool = True
     model_recheck_seconds: float = 30.0
     model_threads: int = 1
+    secret_key: str = ""  # signs the review pages' session cookie; empty: one kept in the database
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:

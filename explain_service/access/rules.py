@@ -55,6 +55,20 @@ RULES: dict[str, Rule] = {
     "explanations.PlotView": OWNED,
     "incidents.IncidentsView": REVIEW,
     "incidents.IncidentView": REVIEW,
+    # The reviewers' pages (a session cookie from /review/login also authenticates them).
+    "root": PUBLIC,
+    "review.static": PUBLIC,
+    "review.login": PUBLIC,
+    "review.logout": PUBLIC,
+    "review.explanations": REVIEW,
+    "review.explanation": REVIEW,
+    "review.print_view": REVIEW,
+    "review.pdf": REVIEW,
+    "review.queue": REVIEW,
+    "review.not_found": REVIEW,
+    "review.add_review": REVIEW,
+    "review.verify": REVIEW,
+    "review.suspend": ADMIN,
 }
 
 UNLISTED = ADMIN

@@ -29,8 +29,9 @@ PostgreSQL 11 or newer (``sha256``) and no privilege beyond INSERT and SELECT on
 service's role can be denied UPDATE and DELETE. It is created with the schema, and added at the first
 append to a database created before it existed (reading never needs it).
 
-Review actions (approve, flag, escalate) belong in a separate append-only table that refers to
-``audit_records.id``; a record's status is its latest review. This table never changes for them.
+Review events (:mod:`.reviews`) and suspensions are records in this same chain (``kind`` in the body), so
+``audit verify`` covers them; the reviewers' searchable index is derived from the chain into tables of its
+own (:mod:`.index_tables`, :mod:`.projections`). This table never changes for them.
 """
 
 from __future__ import annotations

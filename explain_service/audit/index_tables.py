@@ -1,0 +1,97 @@
+"""The trail index's tables: derived from the audit chain, rebuildable, in the same database.
+
+Nothing here is evidence: every row is computed from ``audit_records`` by :mod:`.projections`, and
+dropping these tables loses nothing (the next read builds them again from the chain)::
+
+    audit_index_explanations   one row per explanation record (its seq), kept current with its reviews
+    seq │ id │ created_at │ model_name │ model_version │ caller │ label │ reference
+        │ flag_additivity │ flag_low_lime │ flag_cf_budget │ flag_out_of_range
+        │ review_required │ review_rules │ status │ decision │ status_seq │ queue_seq
+
+    audit_index_reviews        one row per review record, for a record's history
+    seq │ id │ record_id │ created_at │ action │ comment │ decision │ by │ role
+
+    audit_index_state          how far along the chain the index has read
+    name ("trail") │ last_seq
+
+``decision`` is the override's decision as JSON text (a class name, or a number for a regressor).
+``queue_seq`` is set while a record is in the reviewers' queue (flagged, escalated, or it needs a review
+and has none): the seq at which it entered, so the queue is oldest first. Each list filter has an index
+that ends in ``seq`` (the flags have partial indexes on the rows that carry them), so a filtered page is
+a backwards walk of one index, stopped after ``limit`` rows: keyset pagination, never OFFSET.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Boolean, Column, Index, MetaData, String, Table, Text
+
+metadata = MetaData()
+
+explanations = Table(
+    "audit_index_explanations",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("id", String(64), nullable=False, unique=True),
+    Column("created_at", String(32), nullable=False),
+    Column("model_name", String, nullable=False),
+    Column("model_version", String, nullable=False),
+    Column("caller", String, nullable=True),
+    Column("label", String, nullable=True),
+    Column("reference", String(128), nullable=True),
+    Column("flag_additivity", Boolean, nullable=False),
+    Column("flag_low_lime", Boolean, nullable=False),
+    Column("flag_cf_budget", Boolean, nullable=False),
+    Column("flag_out_of_range", Boolean, nullable=False),
+    Column("review_required", Boolean, nullable=False),
+    Column("review_rules", String, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("decision", String, nullable=True),
+    Column("status_seq", BigInteger, nullable=False),
+    Column("queue_seq", BigInteger, nullable=True),
+)
+
+FLAG_COLUMNS = {
+    "additivity_residual": explanations.c.flag_additivity,
+    "low_lime_r2": explanations.c.flag_low_lime,
+    "counterfactual_budget": explanations.c.flag_cf_budget,
+    "out_of_range": explanations.c.flag_out_of_range,
+}
+"""Each quality flag (:data:`explain_service.quality.QUALITY_FLAGS`) and the column that holds it."""
+
+_e = explanations.c
+Index("ix_audit_index_model_seq", _e.model_name, _e.model_version, _e.seq)
+Index("ix_audit_index_status_seq", _e.status, _e.seq)
+Index("ix_audit_index_label_seq", _e.label, _e.seq)
+Index("ix_audit_index_caller_seq", _e.caller, _e.seq)
+Index("ix_audit_index_reference_seq", _e.reference, _e.seq)
+Index("ix_audit_index_created_at", _e.created_at)
+Index("ix_audit_index_queue", _e.queue_seq, postgresql_where=_e.queue_seq.isnot(None),
+      sqlite_where=_e.queue_seq.isnot(None))  # fmt: skip
+Index("ix_audit_index_required_seq", _e.seq, postgresql_where=_e.review_required,
+      sqlite_where=_e.review_required)  # fmt: skip
+for _name, _column in FLAG_COLUMNS.items():
+    Index(f"ix_audit_index_flag_{_column.name}", _e.seq, postgresql_where=_column, sqlite_where=_column)
+
+reviews = Table(
+    "audit_index_reviews",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("id", String(64), nullable=False, unique=True),
+    Column("record_id", String(64), nullable=False),
+    Column("created_at", String(32), nullable=False),
+    Column("action", String(16), nullable=False),
+    Column("comment", Text, nullable=False),
+    Column("decision", String, nullable=True),
+    Column("by", String, nullable=True),
+    Column("role", String(16), nullable=False),
+    Index("ix_audit_index_reviews_record", "record_id", "seq"),
+)
+
+state = Table(
+    "audit_index_state",
+    metadata,
+    Column("name", String(16), primary_key=True),
+    Column("last_seq", BigInteger, nullable=False),
+)
+
+TRAIL = "trail"

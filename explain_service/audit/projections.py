@@ -1,0 +1,431 @@
+"""The trail index: a searchable projection of the audit chain for the reviewers' list and queue.
+
+The chain (``audit_records``) stays the only evidence and its append path is not touched. The index
+(:mod:`.index_tables`) is derived from it by ``seq``::
+
+    audit_records ──(seq > last_seq, in order, contiguous)──► catch_up ──► audit_index_explanations
+                                                                      ├──► audit_index_reviews
+                                                                      └──► audit_index_state.last_seq
+
+:meth:`TrailIndex.catch_up` reads the records after ``last_seq`` in batches; each batch is projected and
+``last_seq`` advanced in one transaction, under a lock (PostgreSQL: the advisory lock
+:data:`INDEX_LOCK_KEY`, not the chain's; SQLite: the file's write lock), re-reading ``last_seq`` once the
+lock is held. So several workers and hosts may call it at once: each record is projected exactly once,
+and a batch either lands whole or not at all. It stops at the first gap in ``seq`` (a record still being
+committed) and takes it up on the next call. Reads call it first, so the list, the queue and a record's
+status include everything appended before the read (a trail far behind, e.g. just bulk-loaded, is
+projected at most ``read_catch_up`` records per read; ``explain-service audit reindex`` does it all).
+:meth:`TrailIndex.rebuild` empties the index and projects the chain again.
+
+Public interface (stable; the reviewer pages, fairness and incident reports build on it)::
+
+    index = TrailIndex(store)                    # app.extensions["explain"].index in the app
+    index.catch_up(max_records=None) -> int      # records read
+    index.rebuild() -> int
+    index.search(Filters(...), after=None, limit=50, order="desc", count=True) -> Page
+    index.queue(after=None, limit=50, model_name=None, count=True) -> Page   # oldest first
+    index.get(record_id) -> IndexedRecord | None
+    index.state_of(record_id) -> ReviewState
+    index.reviews(record_id) -> list[ReviewEvent]                              # oldest first
+    index.add_review(record, action=, comment=, decision=, by=, role=) -> ReviewEvent
+
+``Page(items, next_after, total)``: pass ``next_after`` back as ``after`` for the next page (None on the
+last); ``total`` counts every match of the filters (None when ``count=False``).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Literal
+
+import orjson
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    bindparam,
+    delete,
+    func,
+    insert,
+    inspect,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
+
+from explain_service.audit.backends import _IMMEDIATE, postgresql_engine, sqlite_engine
+from explain_service.audit.chain import StoredRecord
+from explain_service.audit.errors import AuditUnavailableError, AuditWriteError, driver_reason
+from explain_service.audit.index_tables import TRAIL, explanations, metadata, reviews, state
+from explain_service.audit.reviews import (
+    QUEUED,
+    UNREVIEWED,
+    ReviewEvent,
+    ReviewState,
+    advance,
+    check_review,
+    review_entry,
+)
+from explain_service.audit.schema import records
+from explain_service.audit.search import Filters, IndexedRecord, Page, filter_clauses, indexed, review_event
+from explain_service.audit.store import AuditStore
+from explain_service.errors import AuditUnavailable
+from explain_service.quality import quality_flags
+
+__all__ = ["INDEX_LOCK_KEY", "Filters", "IndexedRecord", "Page", "TrailIndex"]
+
+INDEX_LOCK_KEY = 0x6175646974696478  # b"auditidx": the index's own advisory lock, never the chain's
+BATCH = 1000
+READ_CATCH_UP = 50_000
+_MAX_PAGE = 500
+
+
+class TrailIndex:
+    """The trail index of one audit store (its own connections to the same database)."""
+
+    def __init__(
+        self, store: AuditStore, *, timeout: float = 30.0, read_catch_up: int = READ_CATCH_UP
+    ) -> None:
+        self.store = store
+        self.backend = store.backend
+        self.read_catch_up = read_catch_up
+        self._timeout = timeout
+        if self.backend == "sqlite":
+            self._engine: Engine = sqlite_engine(store.url, timeout, "os")
+        else:
+            self._engine = postgresql_engine(store.url, timeout)
+        self._insert = postgresql.insert if self.backend == "postgresql" else sqlite.insert
+        self._pid = os.getpid()
+        self._ready = False
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    # -- projecting ---------------------------------------------------------------------------------
+    def catch_up(self, max_records: int | None = None) -> int:
+        """Project the records appended since the last call (at most ``max_records``); return how many."""
+        done = 0
+        with self._failures():
+            self._ensure()
+            while max_records is None or done < max_records:
+                with self._engine.connect() as conn:
+                    last, head = conn.execute(
+                        select(
+                            select(state.c.last_seq).where(state.c.name == TRAIL).scalar_subquery(),
+                            select(func.max(records.c.seq)).scalar_subquery(),
+                        )
+                    ).one()
+                if head is None or last >= head:
+                    return done
+                read = self._project_batch()
+                if read == 0:  # a gap: the next record is still being committed
+                    return done
+                done += read
+        return done
+
+    def rebuild(self) -> int:
+        """Empty the index and project the whole chain again; return how many records were read."""
+        with self._failures():
+            self._ensure()
+            with self._locked() as conn:
+                conn.execute(delete(explanations))
+                conn.execute(delete(reviews))
+                conn.execute(update(state).where(state.c.name == TRAIL).values(last_seq=0))
+        return self.catch_up()
+
+    def _project_batch(self) -> int:
+        with self._locked() as conn:
+            last = int(conn.execute(select(state.c.last_seq).where(state.c.name == TRAIL)).scalar_one())
+            query = (
+                select(records.c.seq, records.c.id, records.c.created_at, records.c.model_name,
+                       records.c.model_version, records.c.caller, records.c.body)
+                .where(records.c.seq > last)
+                .order_by(records.c.seq)
+                .limit(BATCH)
+            )  # fmt: skip
+            rows, events = [], []
+            for row in conn.execute(query):
+                if row.seq != last + 1:
+                    break
+                last = int(row.seq)
+                body = orjson.loads(row.body)
+                kind = body.get("kind")
+                if kind == "explanation":
+                    rows.append(_explanation_row(row, body))
+                elif kind == "review" and isinstance(body.get("record_id"), str):
+                    events.append(_review_row(row, body))
+            if rows:
+                conn.execute(self._insert(explanations).on_conflict_do_nothing(), rows)
+            if events:
+                conn.execute(self._insert(reviews).on_conflict_do_nothing(), events)
+                _apply_reviews(conn, events)
+            before = conn.execute(select(state.c.last_seq).where(state.c.name == TRAIL)).scalar_one()
+            conn.execute(update(state).where(state.c.name == TRAIL).values(last_seq=last))
+            return last - int(before)
+
+    # -- reading ------------------------------------------------------------------------------------
+    def search(
+        self,
+        filters: Filters | None = None,
+        *,
+        after: int | None = None,
+        limit: int = 50,
+        order: Literal["desc", "asc"] = "desc",
+        count: bool = True,
+    ) -> Page:
+        """One page of explanations matching ``filters``, newest first (``order="asc"``: oldest first).
+
+        ``after`` is the previous page's ``next_after`` (a seq): keyset pagination, as cheap on page
+        1,000 as on page 1, and stable while records are appended.
+        """
+        if not 1 <= limit <= _MAX_PAGE or order not in ("desc", "asc"):
+            raise ValueError(f"limit must be 1..{_MAX_PAGE} and order 'desc' or 'asc'")
+        self.catch_up(self.read_catch_up)
+        clauses = filter_clauses(filters or Filters())
+        seq = explanations.c.seq
+        query = select(explanations).where(*clauses)
+        if after is not None:
+            query = query.where(seq < after if order == "desc" else seq > after)
+        query = query.order_by(seq.desc() if order == "desc" else seq.asc()).limit(limit + 1)
+        return self._page(query, clauses, limit, count, lambda item: item.seq)
+
+    def queue(
+        self, *, after: int | None = None, limit: int = 50, model_name: str | None = None, count: bool = True
+    ) -> Page:
+        """Flagged and escalated explanations, and those that need a review and have none; oldest first.
+
+        Ordered by when each entered the queue (``IndexedRecord.queue_seq``); ``after`` is a queue_seq.
+        """
+        if not 1 <= limit <= _MAX_PAGE:
+            raise ValueError(f"limit must be 1..{_MAX_PAGE}")
+        self.catch_up(self.read_catch_up)
+        queued = explanations.c.queue_seq
+        clauses: list[ColumnElement[bool]] = [queued.isnot(None)]
+        if model_name is not None:
+            clauses.append(explanations.c.model_name == model_name)
+        query = select(explanations).where(*clauses)
+        if after is not None:
+            query = query.where(queued > after)
+        query = query.order_by(queued.asc()).limit(limit + 1)
+        return self._page(query, clauses, limit, count, lambda item: item.queue_seq)
+
+    def get(self, record_id: str) -> IndexedRecord | None:
+        """The indexed form of an explanation record (status, flags, reference), or None."""
+        self.catch_up(self.read_catch_up)
+        with self._reading() as conn:
+            row = conn.execute(select(explanations).where(explanations.c.id == record_id)).first()
+        return None if row is None else indexed(row)
+
+    def state_of(self, record_id: str) -> ReviewState:
+        """The derived review status of a record (unreviewed when it has no review or is not indexed)."""
+        item = self.get(record_id)
+        if item is None:
+            return UNREVIEWED
+        return ReviewState(item.status, item.decision, item.status_seq)
+
+    def reviews(self, record_id: str) -> list[ReviewEvent]:
+        """A record's review events, oldest first."""
+        self.catch_up(self.read_catch_up)
+        query = select(reviews).where(reviews.c.record_id == record_id).order_by(reviews.c.seq)
+        with self._reading() as conn:
+            return [review_event(row) for row in conn.execute(query)]
+
+    # -- writing reviews ----------------------------------------------------------------------------
+    def add_review(
+        self,
+        record: StoredRecord,
+        *,
+        action: Any,
+        comment: Any = None,
+        decision: Any = None,
+        by: str | None,
+        role: str,
+    ) -> ReviewEvent:
+        """Check a review of ``record`` against the rules of :mod:`.reviews`, append it, index it.
+
+        Raises ValidationFailed (422) or Forbidden (403) as :func:`.reviews.check_review` says, and
+        AuditUnavailable (503) when the chain refuses the append (nothing is stored then).
+        """
+        self.catch_up()
+        check_review(record, action, comment, decision, role, self.state_of(record.id))
+        try:
+            stored = self.store.append([review_entry(record, action, comment, decision, by, role)])
+        except AuditWriteError as exc:
+            raise AuditUnavailable(exc.reason) from None
+        self.catch_up()
+        return ReviewEvent.from_record(stored[0])
+
+    # -- internals ----------------------------------------------------------------------------------
+    def _page(self, query: Any, clauses: list[Any], limit: int, count: bool, key: Any) -> Page:
+        with self._reading() as conn:
+            items = [indexed(row) for row in conn.execute(query)]
+            total = None
+            if count:
+                total = int(
+                    conn.execute(select(func.count()).select_from(explanations).where(*clauses)).scalar_one()
+                )
+        more = len(items) > limit
+        items = items[:limit]
+        return Page(items, key(items[-1]) if more else None, total)
+
+    def _ensure(self) -> None:
+        if os.getpid() != self._pid:  # a forked worker must not share the parent's connections
+            self._engine.dispose(close=False)
+            self._pid = os.getpid()
+        if self._ready:
+            return
+        with self._lock:
+            if self._ready:
+                return
+            self.store.head()  # the chain's own schema first (it creates it on first use)
+            if not inspect(self._engine).has_table(state.name):
+                with self._locked() as conn:
+                    metadata.create_all(conn)
+            with self._locked() as conn:
+                present = conn.execute(select(state.c.name).where(state.c.name == TRAIL)).first()
+                if present is None:
+                    conn.execute(insert(state).values(name=TRAIL, last_seq=0))
+            self._ready = True
+
+    @contextmanager
+    def _locked(self) -> Iterator[Connection]:
+        """A transaction that alone may write the index until it ends."""
+        with self._engine.connect() as conn:
+            if self.backend == "sqlite":
+                conn.execution_options(**{_IMMEDIATE: True})
+            with conn.begin():
+                if self.backend == "postgresql":
+                    wait = f"{round(self._timeout * 1000)}ms"
+                    conn.execute(text("SELECT set_config('lock_timeout', :wait, true)"), {"wait": wait})
+                    conn.execute(select(func.pg_advisory_xact_lock(INDEX_LOCK_KEY)))
+                yield conn
+
+    @contextmanager
+    def _reading(self) -> Iterator[Connection]:
+        with self._failures():
+            self._ensure()
+            with self._engine.connect() as conn:
+                yield conn
+
+    @contextmanager
+    def _failures(self) -> Iterator[None]:
+        try:
+            yield
+        except SQLAlchemyError as exc:
+            reason, detail = driver_reason(exc)
+            raise AuditUnavailableError(reason, detail=detail) from exc
+
+
+def _explanation_row(row: Any, body: dict[str, Any]) -> dict[str, Any]:
+    explanation = body.get("explanation") or {}
+    flags = set(quality_flags(explanation))
+    review = body.get("review") or {}
+    required = bool(review.get("required"))
+    reference = body.get("reference")
+    return {
+        "seq": row.seq,
+        "id": row.id,
+        "created_at": row.created_at,
+        "model_name": row.model_name,
+        "model_version": row.model_version,
+        "caller": row.caller,
+        "label": (explanation.get("prediction") or {}).get("label"),
+        "reference": reference if isinstance(reference, str) else None,
+        "flag_additivity": "additivity_residual" in flags,
+        "flag_low_lime": "low_lime_r2" in flags,
+        "flag_cf_budget": "counterfactual_budget" in flags,
+        "flag_out_of_range": "out_of_range" in flags,
+        "review_required": required,
+        "review_rules": ",".join(str(rule) for rule in review.get("rules") or ()),
+        "status": "unreviewed",
+        "decision": None,
+        "status_seq": 0,
+        "queue_seq": row.seq if required else None,
+    }
+
+
+def _review_row(row: Any, body: dict[str, Any]) -> dict[str, Any]:
+    decision = body.get("decision")
+    return {
+        "seq": row.seq,
+        "id": row.id,
+        "record_id": body["record_id"],
+        "created_at": row.created_at,
+        "action": str(body.get("action")),
+        "comment": str(body.get("comment") or ""),
+        "decision": None if decision is None else orjson.dumps(decision).decode(),
+        "by": body.get("by"),
+        "role": str(body.get("role") or ""),
+    }
+
+
+def _in_queue(status: str, required: bool) -> bool:
+    return status in QUEUED or (required and status == "unreviewed")
+
+
+def _apply_reviews(conn: Connection, events: list[dict[str, Any]]) -> None:
+    """Fold a batch's review events (in seq order) into the status of the records they are about."""
+    ids = sorted({event["record_id"] for event in events})
+    e = explanations.c
+    current = {
+        row.id: row
+        for row in conn.execute(
+            select(e.id, e.status, e.decision, e.status_seq, e.queue_seq, e.review_required).where(
+                e.id.in_(ids)
+            )
+        )
+    }
+    changed: dict[str, dict[str, Any]] = {}
+    for event in events:
+        row = current.get(event["record_id"])
+        if row is None:
+            continue  # a review of a record that is not an explanation: nothing to show it on
+        now = changed.get(row.id) or {
+            "state": ReviewState(row.status, _decoded(row.decision), row.status_seq),
+            "queue_seq": row.queue_seq,
+        }
+        before = now["state"]
+        after = advance(before, event["action"], event["role"], event["seq"], _decoded(event["decision"]))
+        queued_before = _in_queue(before.status, row.review_required)
+        queued_after = _in_queue(after.status, row.review_required)
+        queue_seq = (
+            now["queue_seq"] if queued_before and queued_after else (event["seq"] if queued_after else None)
+        )
+        changed[row.id] = {"state": after, "queue_seq": queue_seq}
+    if not changed:
+        return
+    statement = (
+        update(explanations)
+        .where(e.id == bindparam("b_id"))
+        .values(
+            status=bindparam("b_status"),
+            decision=bindparam("b_decision"),
+            status_seq=bindparam("b_status_seq"),
+            queue_seq=bindparam("b_queue_seq"),
+        )
+    )
+    conn.execute(
+        statement,
+        [
+            {
+                "b_id": record_id,
+                "b_status": now["state"].status,
+                "b_decision": None
+                if now["state"].decision is None
+                else orjson.dumps(now["state"].decision).decode(),
+                "b_status_seq": now["state"].seq,
+                "b_queue_seq": now["queue_seq"],
+            }
+            for record_id, now in changed.items()
+        ],
+    )
+
+
+def _decoded(text_value: str | None) -> Any:
+    return None if text_value is None else orjson.loads(text_value)

@@ -1,0 +1,3 @@
+"""The forms that change something: review events, re-verify, suspend and resume."""
+
+from __future__ import annotations
