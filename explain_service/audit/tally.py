@@ -1,55 +1,47 @@
-"""Derived tables fed from the chain by ``seq``: counts and indexes that queries read instead of records.
+"""More derived tables fed from the chain by ``seq``, the way the trail index is (:mod:`.projections`).
 
 A :class:`Projection` names its tables and folds a batch of records into them. :class:`Tally` keeps one
-cursor per projection (the last ``seq`` folded in) and brings every projection up to the chain's head on
-demand (:meth:`Tally.catch_up`), reading only the records after its cursor, in ``seq`` order, in batches::
+cursor per projection in the trail index's state table (``audit_index_state``, one row per name) and
+brings each projection up to the chain's head on demand (:meth:`Tally.catch_up`), reading only the
+records after its cursor, in ``seq`` order, in batches::
 
-    audit_records ──(seq > cursor, in order)──► projection.apply(conn, records) ──► its tables
-                                                  └─ same transaction ──► tally_cursors[name] = last seq
+    audit_records ──(seq > cursor, in order, contiguous)──► projection.apply(conn, records) ──► its tables
+                                                             └─ same transaction ──► cursor = last seq
 
-The tables are a cache of the chain, never a source of truth: dropping them (and their cursor) rebuilds
-them from the records. A batch and its cursor move commit together, and the cursor moves only from the
-value this process read (``UPDATE ... WHERE seq = old``): when two workers catch up at once, the second
-finds the cursor moved, rolls back and reads again, so no record is counted twice.
+As for the trail index: a batch and its cursor move commit together, under the index's lock
+(PostgreSQL: the advisory lock :data:`.projections.INDEX_LOCK_KEY`; SQLite: the file's write lock,
+taken at BEGIN), re-reading the cursor once the lock is held, so several workers may catch up at once
+and each record is folded in exactly once; a gap in ``seq`` (a record still being committed) ends the
+batch. The tables are a cache of the chain, never evidence: emptied with their cursor set to 0, they are
+built again from the records. Each projection has its own cursor, so one added later catches up alone.
 """
 
 from __future__ import annotations
 
-import logging
+import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Protocol
 
-from sqlalchemy import BigInteger, Column, Connection, Engine, MetaData, String, Table, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Connection, Engine, Table, func, insert, select, text, update
+from sqlalchemy.exc import SQLAlchemyError
 
-from explain_service.audit.backends import postgresql_engine, sqlite_engine
+from explain_service.audit.backends import _IMMEDIATE, postgresql_engine, sqlite_engine
 from explain_service.audit.chain import StoredRecord
+from explain_service.audit.errors import AuditUnavailableError, driver_reason
+from explain_service.audit.index_tables import metadata as index_metadata
+from explain_service.audit.index_tables import state
+from explain_service.audit.projections import INDEX_LOCK_KEY
 from explain_service.audit.schema import COLUMNS, raw_record, records
 from explain_service.audit.store import AuditStore
 
-log = logging.getLogger(__name__)
-IMMEDIATE = "audit_begin_immediate"  # the SQLite engine's execution option for BEGIN IMMEDIATE
-
 BATCH = 2000
-
-metadata = MetaData()
-cursors = Table(
-    "tally_cursors",
-    metadata,
-    Column("name", String(64), primary_key=True),
-    Column("seq", BigInteger, nullable=False),
-)
-
-
-class _Moved(Exception):
-    """The cursor moved under this transaction."""
 
 
 class Projection(Protocol):
-    """A derived table set: its name (the cursor's key), its tables, and how records fold into them."""
+    """A derived table set: its name (its cursor's key), its tables, and how records fold into them."""
 
     @property
     def name(self) -> str: ...
@@ -62,21 +54,29 @@ class Projection(Protocol):
 
 
 class Tally:
-    """The projections of one audit store, caught up lazily and at most once per ``min_interval`` seconds."""
+    """The projections of one audit store, caught up lazily, at most once per ``min_interval`` seconds."""
 
     def __init__(
-        self, store: AuditStore, projections: Sequence[Projection], *, min_interval: float = 1.0
+        self,
+        store: AuditStore,
+        projections: Sequence[Projection],
+        *,
+        min_interval: float = 1.0,
+        timeout: float = 30.0,
     ) -> None:
         self.store = store
         self.projections = list(projections)
         self.min_interval = min_interval
-        url = store.url
+        self._timeout = timeout
         self._engine: Engine = (
-            sqlite_engine(url, 10.0, "os") if store.backend == "sqlite" else postgresql_engine(url, 10.0)
+            sqlite_engine(store.url, timeout, "os")
+            if store.backend == "sqlite"
+            else postgresql_engine(store.url, timeout)
         )
         self._lock = threading.Lock()
         self._last = -float("inf")
         self._ready = False
+        self._pid = os.getpid()
 
     def connect(self) -> Connection:
         """A connection to read the projections' tables (created on first use)."""
@@ -90,59 +90,63 @@ class Tally:
         unless ``force``: a page or a metrics scrape may show figures that much behind the chain.
         """
         with self._lock:
-            now = time.monotonic()
-            if not force and now - self._last < self.min_interval:
+            if not force and time.monotonic() - self._last < self.min_interval:
                 return 0
-            self.store.ping()  # the chain's own schema first: the records table must exist
-            self._ensure_tables()
-            read = sum(self._catch_up_one(p) for p in self.projections)
+            try:
+                self._ensure_tables()
+                read = sum(self._catch_up_one(p) for p in self.projections)
+            except SQLAlchemyError as exc:
+                reason, detail = driver_reason(exc)
+                raise AuditUnavailableError(reason, detail=detail) from exc
             self._last = time.monotonic()
             return read
 
     def _catch_up_one(self, projection: Projection) -> int:
         read = 0
         while True:
-            try:
-                with self._begin() as conn:
-                    cursor = self._cursor(conn, projection.name)
-                    query = select(*COLUMNS).where(records.c.seq > cursor).order_by(records.c.seq)
-                    rows = conn.execute(query.limit(BATCH))
-                    batch = [StoredRecord.from_raw(raw_record(row)) for row in rows]
-                    if not batch:
-                        return read
-                    projection.apply(conn, batch)
-                    moved = conn.execute(
-                        update(cursors)
-                        .where(cursors.c.name == projection.name, cursors.c.seq == cursor)
-                        .values(seq=batch[-1].seq)
-                    ).rowcount
-                    if moved != 1:
-                        raise _Moved  # another worker folded these in meanwhile: roll back, read on
-            except (_Moved, IntegrityError):  # IntegrityError: two workers made the cursor at once
-                continue
+            with self._locked() as conn:
+                cursor = conn.execute(
+                    select(state.c.last_seq).where(state.c.name == projection.name)
+                ).scalar()
+                if cursor is None:
+                    conn.execute(insert(state).values(name=projection.name, last_seq=0))
+                    cursor = 0
+                query = select(*COLUMNS).where(records.c.seq > cursor).order_by(records.c.seq).limit(BATCH)
+                batch: list[StoredRecord] = []
+                for row in conn.execute(query):
+                    if row.seq != cursor + len(batch) + 1:
+                        break  # a gap: the next record is still being committed
+                    batch.append(StoredRecord.from_raw(raw_record(row)))
+                if not batch:
+                    return read
+                projection.apply(conn, batch)
+                conn.execute(
+                    update(state).where(state.c.name == projection.name).values(last_seq=batch[-1].seq)
+                )
             read += len(batch)
 
     @contextmanager
-    def _begin(self) -> Iterator[Connection]:
-        """A write transaction; on SQLite taken at once (BEGIN IMMEDIATE), so its reads stay current."""
+    def _locked(self) -> Iterator[Connection]:
+        """A transaction that alone may write the derived tables until it ends."""
         with self._engine.connect() as conn:
             if self.store.backend == "sqlite":
-                conn = conn.execution_options(**{IMMEDIATE: True})
+                conn.execution_options(**{_IMMEDIATE: True})
             with conn.begin():
+                if self.store.backend == "postgresql":
+                    wait = f"{round(self._timeout * 1000)}ms"
+                    conn.execute(text("SELECT set_config('lock_timeout', :wait, true)"), {"wait": wait})
+                    conn.execute(select(func.pg_advisory_xact_lock(INDEX_LOCK_KEY)))
                 yield conn
 
-    def _cursor(self, conn: Connection, name: str) -> int:
-        found = conn.execute(select(cursors.c.seq).where(cursors.c.name == name)).scalar()
-        if found is None:
-            conn.execute(insert(cursors).values(name=name, seq=0))
-            return 0
-        return int(found)
-
     def _ensure_tables(self) -> None:
+        if os.getpid() != self._pid:  # a forked worker must not share the parent's connections
+            self._engine.dispose(close=False)
+            self._pid = os.getpid()
         if self._ready:
             return
-        with self._engine.begin() as conn:
-            metadata.create_all(conn, checkfirst=True)
+        self.store.head()  # the chain's own schema first (it creates it on first use)
+        with self._locked() as conn:
+            index_metadata.create_all(conn, tables=[state], checkfirst=True)
             for projection in self.projections:
                 for table in projection.tables:
                     table.create(conn, checkfirst=True)
