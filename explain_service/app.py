@@ -13,6 +13,7 @@ from explain_service.audit.recorder import AuditRecorder
 from explain_service.audit.store import AuditStore
 from explain_service.audit.tally import Tally
 from explain_service.config import Settings
+from explain_service.fairness.monitor import DisparityCounts, DisparitySettings, manifest_lookup
 from explain_service.jsonio import OrjsonProvider
 from explain_service.logs import configure_app_logging
 from explain_service.plots.render import PlotCache
@@ -34,7 +35,12 @@ class Services:
         self.index = TrailIndex(self.audit)  # the reviewers' list, queue and review events
         self.service = ExplainService(recorder=AuditRecorder(self.audit))
         self.plots = PlotCache(settings.plots_dir)
-        self.tally = Tally(self.audit, [IncidentIndex()])
+        self.disparity = DisparitySettings(
+            settings.disparity_threshold, settings.disparity_window_days, settings.disparity_min_group
+        )
+        self.tally = Tally(
+            self.audit, [IncidentIndex(), DisparityCounts(manifest_lookup(settings.models_dir))]
+        )
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
