@@ -2,7 +2,7 @@
 
 Sub-commands reach the same services as the HTTP API, through the same
 factory functions: ``serve``, ``models list|verify|build-demo``, ``batch``,
-``audit verify|export``, ``keys create|list|revoke``, ``incidents export|verify``.
+``audit verify|export``, ``keys create|list|revoke``, ``fairness``, ``incidents export|verify``.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from explain_service.access.commands import keys
 from explain_service.audit.incident_commands import incidents
 from explain_service.batch.command import batch
 from explain_service.config import Settings
+from explain_service.fairness.command import fairness
 from explain_service.logs import configure_app_logging
 
 log = logging.getLogger("explain_service.cli")  # not __name__: that is "__main__" under `python -m`
@@ -349,6 +350,7 @@ def audit_export(database_url: str | None, output: str) -> None:
 main.add_command(batch)
 main.add_command(keys)
 main.add_command(incidents)
+main.add_command(fairness)
 
 
 if __name__ == "__main__":

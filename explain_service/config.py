@@ -23,6 +23,7 @@ class Settings:
     request_deadline_seconds: float = 10.0
     request_max_evaluations: int = 2_000_000
     max_instances: int = 100
+    fairness_max_rows: int = 20_000
     max_body_bytes: int = 2 * 1024 * 1024
     eager_load: bool = True
     model_recheck_seconds: float = 30.0

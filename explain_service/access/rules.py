@@ -69,6 +69,8 @@ RULES: dict[str, Rule] = {
     "review.add_review": REVIEW,
     "review.verify": REVIEW,
     "review.suspend": ADMIN,
+    "fairness.FairnessView": REVIEW,
+    "fairness.FairnessVersionView": REVIEW,
 }
 
 UNLISTED = ADMIN
