@@ -7,7 +7,6 @@ from typing import Any
 from flask import Flask
 
 from explain_service.api.blueprint import configure_url_map
-from explain_service.audit.aggregates import QualityCounts, RecordKinds
 from explain_service.audit.incidents import IncidentIndex
 from explain_service.audit.projections import TrailIndex
 from explain_service.audit.recorder import AuditRecorder

@@ -55,6 +55,7 @@ RULES: dict[str, Rule] = {
     "explanations.PlotView": OWNED,
     "incidents.IncidentsView": REVIEW,
     "incidents.IncidentView": REVIEW,
+    "reports.ReportView": REVIEW,
     # The reviewers' pages (a session cookie from /review/login also authenticates them).
     "root": PUBLIC,
     "review.static": PUBLIC,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from explain_service.api import docs, errors, explanations, fairness, health, incidents, models
+from explain_service.api import docs, errors, explanations, fairness, health, incidents, models, reports
 
 
 def init_app(app: Flask) -> None:
@@ -14,6 +14,7 @@ def init_app(app: Flask) -> None:
     api.register_blueprint(models.blp)
     api.register_blueprint(explanations.blp)
     api.register_blueprint(incidents.blp)
+    api.register_blueprint(reports.blp)
     api.register_blueprint(fairness.blp)
     errors.init_app(app)
     docs.init_app(app)

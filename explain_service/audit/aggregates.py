@@ -27,7 +27,19 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, Connection, Float, Index, MetaData, String, Table, func, insert, select
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    Float,
+    Index,
+    MetaData,
+    String,
+    Table,
+    func,
+    insert,
+    select,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 from explain_service.audit.chain import StoredRecord, utc_text
@@ -154,11 +166,17 @@ class RecordKinds:
             conn.execute(insert(record_kinds), rows)
 
 
-def quality_of(conn: Connection, name: str, version: str | None = None) -> dict[str, dict[str, dict[str, Any]]]:
+def quality_of(
+    conn: Connection, name: str, version: str | None = None
+) -> dict[str, dict[str, dict[str, Any]]]:
     """``{metric: {bucket: {"n", "vmax"}}}`` of a model version (every version when ``version`` is None)."""
     c = quality_counts.c
     clauses = [c.model_name == name] + ([c.model_version == version] if version is not None else [])
-    query = select(c.metric, c.bucket, func.sum(c.n), func.max(c.vmax)).where(*clauses).group_by(c.metric, c.bucket)
+    query = (
+        select(c.metric, c.bucket, func.sum(c.n), func.max(c.vmax))
+        .where(*clauses)
+        .group_by(c.metric, c.bucket)
+    )
     out: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
     for metric, bucket, n, vmax in conn.execute(query):
         out[metric][bucket] = {"n": int(n), "vmax": None if vmax is None else float(vmax)}

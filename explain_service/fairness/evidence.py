@@ -26,7 +26,7 @@ def evidence_map(report: Mapping[str, Any], chain: Mapping[str, Any]) -> list[di
             "asks": "automatic, tamper-evident logs of the system's operation over its lifetime",
             "answered_by": {
                 "fields": ["explanation_quality.explanations", "oversight"],
-                "pages": ["/review/", f"/review/explanations/{{id}}"],
+                "pages": ["/review/", "/review/explanations/{id}"],
                 "api": ["GET /v1/explanations/{id}", "GET /v1/explanations/{id}/verify"],
                 "commands": ["explain-service audit verify", "explain-service audit export"],
             },

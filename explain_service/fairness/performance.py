@@ -26,16 +26,15 @@ CALIBRATION_BINS = 10
 def read_labelled(path: Path, label: str) -> tuple[pd.DataFrame, pd.Series, str]:
     """The rows, the label column and the file's sha256 of a CSV or Parquet file."""
     data = path.read_bytes()
-    if path.suffix.lower() in (".parquet", ".pq"):
-        frame = pd.read_parquet(path)
-    else:
-        frame = pd.read_csv(path)
+    frame = pd.read_parquet(path) if path.suffix.lower() in (".parquet", ".pq") else pd.read_csv(path)
     if label not in frame.columns:
         raise ValueError(f"the file has no label column {label!r}")
     return frame.drop(columns=[label]), frame[label], hashlib.sha256(data).hexdigest()
 
 
-def performance(model: LoadedModel, rows: pd.DataFrame, labels: pd.Series, data_sha256: str) -> dict[str, Any]:
+def performance(
+    model: LoadedModel, rows: pd.DataFrame, labels: pd.Series, data_sha256: str
+) -> dict[str, Any]:
     """Accuracy, ROC AUC and calibration of ``model`` on ``rows`` with true ``labels`` (class names)."""
     from sklearn.calibration import calibration_curve
     from sklearn.metrics import accuracy_score, brier_score_loss, roc_auc_score
@@ -50,7 +49,7 @@ def performance(model: LoadedModel, rows: pd.DataFrame, labels: pd.Series, data_
     proba = model.predict_proba(frame)
     predicted = proba.argmax(axis=1)
     out: dict[str, Any] = {
-        "data": {"sha256": data_sha256, "rows": int(len(rows)), "used": int(known.sum())},
+        "data": {"sha256": data_sha256, "rows": len(rows), "used": int(known.sum())},
         "accuracy": float(accuracy_score(truth, predicted)),
     }
     if len(names) == 2:
@@ -58,12 +57,16 @@ def performance(model: LoadedModel, rows: pd.DataFrame, labels: pd.Series, data_
         is_positive = (truth == positive).astype(int)
         score = proba[:, positive]
         out["positive"] = names[positive]
-        out["roc_auc"] = float(roc_auc_score(is_positive, score)) if 0 < is_positive.sum() < len(truth) else None
+        out["roc_auc"] = (
+            float(roc_auc_score(is_positive, score)) if 0 < is_positive.sum() < len(truth) else None
+        )
     else:
         is_positive = (predicted == truth).astype(int)
         score = proba.max(axis=1)
         out["roc_auc"] = float(roc_auc_score(truth, proba, multi_class="ovr", labels=list(range(len(names)))))
-    fraction, mean_predicted = calibration_curve(is_positive, score, n_bins=CALIBRATION_BINS, strategy="uniform")
+    fraction, mean_predicted = calibration_curve(
+        is_positive, score, n_bins=CALIBRATION_BINS, strategy="uniform"
+    )
     out["calibration"] = {
         "about": "the positive class" if len(names) == 2 else "the predicted class being right",
         "brier_score": float(brier_score_loss(is_positive, score)),

@@ -64,7 +64,7 @@ def background_summary(model: LoadedModel) -> dict[str, Any]:
         features[feature.name] = entry
     return {
         "source": "the background sample stored with the model (at most 1,000 rows of its training data)",
-        "rows": int(len(frame)),
+        "rows": len(frame),
         "features": features,
     }
 
@@ -92,7 +92,7 @@ def schema_change(previous: LoadedModel, current: LoadedModel) -> dict[str, Any]
     changed = {}
     for name in sorted(set(before) & set(after)):
         old, new = before[name], after[name]
-        diff = {}
+        diff: dict[str, Any] = {}
         if old.kind != new.kind:
             diff["kind"] = {"from": old.kind, "to": new.kind}
         if old.categories != new.categories:
@@ -146,7 +146,9 @@ def explanation_quality(quality: Mapping[str, Mapping[str, Mapping[str, Any]]]) 
         },
         "lime": {
             "count": lime_count,
-            "r2_histogram": {b: quality.get("lime_r2", {}).get(b, {"n": 0})["n"] for b in ("<0", *_tenths(0, 10))},
+            "r2_histogram": {
+                b: quality.get("lime_r2", {}).get(b, {"n": 0})["n"] for b in ("<0", *_tenths(0, 10))
+            },
             "r2_below_0_5": low_lime,
         },
         "counterfactual": {
@@ -161,13 +163,18 @@ def _tenths(start: int, stop: int) -> list[str]:
     return [f"[{t / 10:.1f}, {(t + 1) / 10:.1f}{']' if t == 9 else ')'}" for t in range(start, stop)]
 
 
-def oversight(conn: Connection, model: LoadedModel, decisions: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+def oversight(
+    conn: Connection, model: LoadedModel, decisions: Mapping[str, Mapping[str, Any]]
+) -> dict[str, Any]:
     """Decisions by label and by review status, review events, incidents and suspensions of the version."""
     from explain_service.audit.index_tables import explanations
 
     e = explanations.c
     where = (e.model_name == model.name, e.model_version == model.version)
-    statuses = {str(s): int(c) for s, c in conn.execute(select(e.status, func.count()).where(*where).group_by(e.status))}
+    statuses = {
+        str(s): int(c)
+        for s, c in conn.execute(select(e.status, func.count()).where(*where).group_by(e.status))
+    }
     required = int(conn.execute(select(func.count()).where(*where, e.review_required)).scalar_one())
     kinds = kind_counts(conn, model.name, model.version)
     reviews = kinds.get("review", {})
@@ -232,13 +239,17 @@ def build_report(
             "favourable": manifest.favorable,
             "positive": favourable_class(model.class_names, manifest.favorable),
         },
-        "provenance": {"sha256": model.sha256, "files": dict(manifest.files), "libraries": dict(manifest.libraries)},
+        "provenance": {
+            "sha256": model.sha256,
+            "files": dict(manifest.files),
+            "libraries": dict(manifest.libraries),
+        },
         "performance": performance,
         "importance": None
         if current_importance is None
         else {
             "reference": "background",
-            "rows": int(len(model.background)),
+            "rows": len(model.background),
             "mean_abs_shap": dict(sorted(current_importance.items(), key=lambda kv: -kv[1])),
         },
         "bias_audit": _bias_audit(conn, audit, model),
