@@ -7,10 +7,12 @@ from typing import Any
 from flask import Flask
 
 from explain_service.api.blueprint import configure_url_map
+from explain_service.audit.aggregates import QualityCounts, RecordKinds
 from explain_service.audit.incidents import IncidentIndex
 from explain_service.audit.projections import TrailIndex
 from explain_service.audit.recorder import AuditRecorder
 from explain_service.audit.store import AuditStore
+from explain_service.audit.suspensions import Suspensions
 from explain_service.audit.tally import Tally
 from explain_service.config import Settings
 from explain_service.fairness.monitor import DisparityCounts, DisparitySettings, manifest_lookup
@@ -33,14 +35,14 @@ class Services:
         )
         self.audit = AuditStore(settings.database_url, durability=settings.audit_durability)  # type: ignore[arg-type]
         self.index = TrailIndex(self.audit)  # the reviewers' list, queue and review events
+        self.suspensions = Suspensions(self.audit)  # the stop button
         self.service = ExplainService(recorder=AuditRecorder(self.audit))
         self.plots = PlotCache(settings.plots_dir)
         self.disparity = DisparitySettings(
             settings.disparity_threshold, settings.disparity_window_days, settings.disparity_min_group
         )
-        self.tally = Tally(
-            self.audit, [IncidentIndex(), DisparityCounts(manifest_lookup(settings.models_dir))]
-        )
+        projections = [IncidentIndex(), DisparityCounts(manifest_lookup(settings.models_dir))]
+        self.tally = Tally(self.audit, [*projections, QualityCounts(), RecordKinds()])
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:

@@ -2,7 +2,8 @@
 
 Sub-commands reach the same services as the HTTP API, through the same
 factory functions: ``serve``, ``models list|verify|build-demo``, ``batch``,
-``audit verify|export``, ``keys create|list|revoke``, ``fairness``, ``incidents export|verify``.
+``audit verify|export|reindex``, ``keys create|list|revoke``, ``models suspend|resume|suspensions``,
+``fairness``, ``report``, ``incidents export|verify``.
 """
 
 from __future__ import annotations
@@ -201,6 +202,82 @@ def models_build_demo(models_dir: str | None, only: tuple[str, ...]) -> None:
     click.echo(f"built {', '.join(built)}" if built else f"demo models already present under {root}")
 
 
+def _model_target(model: str, models_dir: str | None) -> tuple[str, str | None]:
+    """``NAME`` or ``NAME@VERSION``, checked against the registry."""
+    from explain_service.registry.store import list_versions
+
+    name, _, version = model.partition("@")
+    root = Path(_settings(models_dir).models_dir)
+    versions = list_versions(root, name)
+    if not versions or (version and version not in versions):
+        raise click.ClickException(f"no model {model} under {root}")
+    return name, version or None
+
+
+def _suspensions(database_url: str | None) -> Any:
+    from explain_service.audit.store import AuditStore
+    from explain_service.audit.suspensions import Suspensions
+
+    return Suspensions(AuditStore(database_url or Settings.from_env().database_url))
+
+
+@models.command("suspend")
+@click.argument("model")
+@click.option(
+    "--reason", required=True, help="shown to every caller in the 503 answer; kept in the audit trail"
+)
+@click.option("--models-dir", default=None)
+@click.option(
+    "--database-url", default=None, help="default: $EXPLAIN_DATABASE_URL or sqlite:///var/audit.sqlite3"
+)
+def models_suspend(model: str, reason: str, models_dir: str | None, database_url: str | None) -> None:
+    """Stop MODEL (NAME, every version, or NAME@VERSION): :predict and :explain answer 503 within 2 s."""
+    from explain_service.access.commands import operator
+    from explain_service.audit.suspensions import SuspensionError
+
+    name, version = _model_target(model, models_dir)
+    try:
+        found = _suspensions(database_url).suspend(name, version, reason, by=operator())
+    except SuspensionError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"suspended {model} ({found.scope}) by {found.by}: {found.reason}; record {found.record_id}")
+
+
+@models.command("resume")
+@click.argument("model")
+@click.option("--reason", default="", help="kept in the audit trail")
+@click.option("--models-dir", default=None)
+@click.option(
+    "--database-url", default=None, help="default: $EXPLAIN_DATABASE_URL or sqlite:///var/audit.sqlite3"
+)
+def models_resume(model: str, reason: str, models_dir: str | None, database_url: str | None) -> None:
+    """Lift the suspension of MODEL (NAME: the whole-model one; NAME@VERSION: that version's own)."""
+    from explain_service.access.commands import operator
+    from explain_service.audit.suspensions import SuspensionError
+
+    name, version = _model_target(model, models_dir)
+    try:
+        _suspensions(database_url).resume(name, version, by=operator(), reason=reason)
+    except SuspensionError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"resumed {model}")
+
+
+@models.command("suspensions")
+@click.argument("name")
+@click.option(
+    "--database-url", default=None, help="default: $EXPLAIN_DATABASE_URL or sqlite:///var/audit.sqlite3"
+)
+def models_suspensions(name: str, database_url: str | None) -> None:
+    """List the suspensions of model NAME in force."""
+    found = _suspensions(database_url).of_model(name)
+    if not found:
+        click.echo(f"{name}: not suspended")
+    for s in found:
+        where = name if s.version is None else f"{name}@{s.version}"
+        click.echo(f"{where}\t{s.scope}\tsince {s.since}\tby {s.by}\t{s.reason}")
+
+
 @main.group()
 def audit() -> None:
     """The tamper-evident audit trail."""
@@ -345,6 +422,22 @@ def audit_export(database_url: str | None, output: str) -> None:
         _cannot_read(exc)
     chain = f", chain {genesis.chain_id}" if genesis is not None else ""
     click.echo(f"head {head}{chain}", err=True)
+
+
+@audit.command("reindex")
+@click.option("--database-url", default=None)
+@click.option("--rebuild", is_flag=True, help="empty the index first and project the whole chain again")
+def audit_reindex(database_url: str | None, rebuild: bool) -> None:
+    """Bring the reviewers' search index up to the head of the chain (it is derived; the chain is the evidence)."""
+    from explain_service.audit.projections import TrailIndex
+    from explain_service.audit.store import AuditError, AuditStore
+
+    index = TrailIndex(AuditStore(database_url or Settings.from_env().database_url))
+    try:
+        read = index.rebuild() if rebuild else index.catch_up()
+    except AuditError as exc:
+        _cannot_read(exc)
+    click.echo(f"indexed {read} records")
 
 
 main.add_command(batch)

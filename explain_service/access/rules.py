@@ -72,6 +72,12 @@ RULES: dict[str, Rule] = {
     "review.suspend": ADMIN,
     "fairness.FairnessView": REVIEW,
     "fairness.FairnessVersionView": REVIEW,
+    "reviews.ReviewsView": OWNED,  # a calling system reads the overrides of its own records
+    "reviews.AddReviewView": REVIEW,
+    "suspensions.SuspendView": ADMIN,
+    "suspensions.ResumeView": ADMIN,
+    "suspensions.SuspendVersionView": ADMIN,
+    "suspensions.ResumeVersionView": ADMIN,
 }
 
 UNLISTED = ADMIN

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from flask import Flask
 
-from explain_service.api import docs, errors, explanations, fairness, health, incidents, models, reports
+from explain_service.api import (
+    docs,
+    errors,
+    explanations,
+    fairness,
+    health,
+    incidents,
+    models,
+    reports,
+    reviews,
+    suspensions,
+)
 
 
 def init_app(app: Flask) -> None:
@@ -16,6 +27,8 @@ def init_app(app: Flask) -> None:
     api.register_blueprint(incidents.blp)
     api.register_blueprint(reports.blp)
     api.register_blueprint(fairness.blp)
+    api.register_blueprint(reviews.blp)
+    api.register_blueprint(suspensions.blp)
     errors.init_app(app)
     docs.init_app(app)
     app.extensions["explain_api"] = api

@@ -14,7 +14,7 @@ from explain_service.audit.store import StoredRecord
 from explain_service.errors import ExplanationNotFound, ModelNotFound
 from explain_service.explainers.base import canonical_json
 from explain_service.jsonio import json_response
-from explain_service.service import SAME_TARGET, plot_urls
+from explain_service.service import SAME_TARGET, answer_item
 from explain_service.validation import validate_instances
 
 blp = Blueprint(
@@ -41,10 +41,20 @@ def load_record(record_id: str) -> StoredRecord:
 
 
 def stored_answer(record: StoredRecord) -> dict[str, Any]:
-    """The record in the shape of an ``:explain`` answer, plus its audit fields."""
+    """The record in the shape of an ``:explain`` answer, plus its audit fields and review status."""
     body = record.body
-    explanation = {"id": record.id, **body["explanation"], "plots": plot_urls(record.id, body["explanation"])}
+    entry = {
+        "explanation": body["explanation"],
+        "reference": body.get("reference"),
+        "review": body.get("review"),
+    }
+    explanation = answer_item(record.id, entry)
+    if explanation["review"] is None:  # recorded without routing (a batch row, or before routing existed)
+        del explanation["review"]
+    state = _services().index.state_of(record.id)
     return {
+        "status": state.status,
+        "decision": state.decision,
         "model": body["model"],
         "explanations": [explanation],
         "audit": {
@@ -105,8 +115,8 @@ class VerifyView(MethodView):
             counterfactual_target=req.get("counterfactual_target", SAME_TARGET),
         )
         fresh = dict(answer["explanations"][0])
-        fresh.pop("id")
-        fresh.pop("plots")
+        for answered_only in ("id", "plots", "review", "reference"):  # not part of the recomputation
+            fresh.pop(answered_only, None)
         stored = body["explanation"]
         differing = sorted(
             k

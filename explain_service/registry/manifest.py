@@ -2,8 +2,9 @@
 
 ``models/<name>/<version>/manifest.json`` records the task, class names, the
 favourable class, the feature schema, counterfactual constraints, the sha256
-of every other file in the directory, the library versions at save time and a
-description. The model's identity (``sha256`` in every answer) is the sha256 of
+of every other file in the directory, the library versions at save time, a
+description and the rules that route an explanation to a human reviewer
+(:mod:`.review_rules`; a manifest without them gets the defaults). The model's identity (``sha256`` in every answer) is the sha256 of
 the canonical JSON of the ``files`` table, so it changes whenever any artifact
 or the background sample changes.
 """
@@ -17,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from explain_service.registry.review_rules import ReviewRules
 from explain_service.registry.schema import Constraint, Feature, FeatureSchema
 
 MANIFEST_NAME = "manifest.json"
@@ -68,6 +70,8 @@ class Manifest:
         """Sensitive features: bin edges for numeric ones, None for those grouped by value."""
         return self.schema.sensitive
 
+    review_rules: ReviewRules = field(default_factory=ReviewRules)
+
     @property
     def sha256(self) -> str:
         """The model's identity: a hash over every artifact's hash."""
@@ -91,6 +95,7 @@ class Manifest:
             "background": self.background_file,
             "files": dict(sorted(self.files.items())),
             "libraries": self.libraries,
+            "review_rules": self.review_rules.to_dict(),
             **({"extra": self.extra} if self.extra else {}),
             # Written only when given, so manifests without them keep their bytes.
             **({"intended_use": self.intended_use} if self.intended_use else {}),
@@ -126,6 +131,7 @@ class Manifest:
             intended_use=str(data.get("intended_use") or ""),
             owner=str(data.get("owner") or ""),
             personal=tuple(str(f) for f in data.get("personal") or ()),
+            review_rules=ReviewRules.from_dict(data.get("review_rules"), tuple(f.name for f in features)),
         )
 
     @classmethod

@@ -49,6 +49,7 @@ from explain_service.registry.loading import (
 )
 from explain_service.registry.manifest import MANIFEST_NAME, NAME_RE, VERSION_RE, ArtifactRef, Manifest
 from explain_service.registry.model import LoadedModel
+from explain_service.registry.review_rules import ReviewRules
 from explain_service.registry.schema import Constraint, infer_schema
 from explain_service.versions import library_versions
 
@@ -94,6 +95,7 @@ def register_model(
     owner: str | None = None,
     personal: Sequence[str] = (),
     sensitive: Mapping[str, Sequence[float] | None] | None = None,
+    review_rules: Mapping[str, Any] | None = None,
 ) -> Manifest:
     """Store a fitted model in the registry and return its manifest.
 
@@ -135,6 +137,10 @@ def register_model(
         features; None for categorical ones). They are the default groups of bias audits, and
         counterfactuals never change them unless ``constraints`` gives them ``{"mutable": True}``
         explicitly.
+    review_rules
+        When an explanation is routed to a human reviewer (``review_required``), e.g.
+        ``{"probability_band": 0.05, "sensitive_features": ["sex"]}``; omitted rules take their
+        defaults and the manifest stores them all (:mod:`~explain_service.registry.review_rules`).
 
     Raises
     ------
@@ -151,6 +157,10 @@ def register_model(
     unknown = [f for f in personal if f not in schema.names]
     if unknown:
         raise RegistrationError(f"personal features {unknown} are not among the model's features")
+    try:
+        rules = ReviewRules.from_dict(review_rules, tuple(schema.names))
+    except ValueError as exc:
+        raise RegistrationError(str(exc)) from None
     stored = schema.coerce(original)
     pre, final = _split(model)
     inferred = infer_task(final)
@@ -177,6 +187,7 @@ def register_model(
         intended_use=intended_use or "",
         owner=owner or "",
         personal=tuple(personal),
+        review_rules=rules,
     )
     _write_checked(target, blobs, manifest, lambda loaded: _verify(model, loaded, original, labels))
     return manifest
