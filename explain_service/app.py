@@ -41,8 +41,8 @@ class Services:
         self.disparity = DisparitySettings(
             settings.disparity_threshold, settings.disparity_window_days, settings.disparity_min_group
         )
-        projections = [IncidentIndex(), DisparityCounts(manifest_lookup(settings.models_dir))]
-        self.tally = Tally(self.audit, [*projections, QualityCounts(), RecordKinds()])
+        disparity = DisparityCounts(manifest_lookup(settings.models_dir))
+        self.tally = Tally(self.audit, [IncidentIndex(), disparity, QualityCounts(), RecordKinds()])
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:

@@ -28,6 +28,7 @@ import numpy as np
 from sqlalchemy import Connection, func, select
 
 from explain_service.audit.aggregates import kind_counts, latest_of_kind, quality_of
+from explain_service.audit.suspensions import WHOLE_MODEL
 from explain_service.fairness.evidence import evidence_map
 from explain_service.fairness.monitor import DisparitySettings, disparity, favourable_class
 from explain_service.registry.model import LoadedModel
@@ -178,7 +179,9 @@ def oversight(
     required = int(conn.execute(select(func.count()).where(*where, e.review_required)).scalar_one())
     kinds = kind_counts(conn, model.name, model.version)
     reviews = kinds.get("review", {})
-    model_kinds = kind_counts(conn, model.name)  # a suspension may name the whole model
+    # A suspension names its version, or "*" for the whole model (explain_service.audit.suspensions).
+    whole = kind_counts(conn, model.name, WHOLE_MODEL).get("suspension", {})
+    suspended = kinds.get("suspension", {}).get("suspend", 0) + whole.get("suspend", 0)
     return {
         "decisions": {label: v["n"] for label, v in decisions.items()},
         "status": statuses,
@@ -188,7 +191,7 @@ def oversight(
         "overrides": reviews.get("override", 0),
         "escalations": reviews.get("escalate", 0),
         "incidents": sum(kinds.get("incident", {}).values()),
-        "suspensions": sum(v for k, found in model_kinds.items() if "suspen" in k for v in found.values()),
+        "suspensions": suspended,
         "bias_audits": sum(kinds.get("fairness", {}).values()),
     }
 
