@@ -87,46 +87,44 @@ class VerifyView(MethodView):
     @blp.alt_response(404, schema=schemas.ErrorResponse)
     def get(self, record_id: str) -> Any:
         """Recompute the explanation from the recorded model, input and parameters; report if identical."""
-        record = load_record(record_id)
-        body = record.body
-        services = _services()
-        ref = body["model"]
-        report: dict[str, Any] = {"id": record.id, "model": ref}
-        try:
-            model = services.registry.get(ref["name"], ref["version"])
-        except ModelNotFound:
-            return json_response(
-                {**report, "identical": False, "reason": "the recorded model version is gone"}
-            )
-        if model.sha256 != ref["sha256"]:
-            return json_response(
-                {**report, "identical": False, "reason": f"the model's files changed (now {model.sha256})"}
-            )
-        rows, records = validate_instances(model, [body["instance"]])
-        req = body["request"]
-        answer = services.service.explain(
-            model,
-            rows,
-            req["methods"],
-            target=req["target"],
-            options=req["options"],
-            instances=records,
-            record=False,
-            counterfactual_target=req.get("counterfactual_target", SAME_TARGET),
-        )
-        fresh = dict(answer["explanations"][0])
-        for answered_only in ("id", "plots", "review", "reference"):  # not part of the recomputation
-            fresh.pop(answered_only, None)
-        stored = body["explanation"]
-        differing = sorted(
-            k
-            for k in set(stored) | set(fresh)
-            if canonical_json(stored.get(k)) != canonical_json(fresh.get(k))
-        )
-        report.update(identical=not differing, differing=differing)
-        if differing:
-            report["reason"] = "recomputed parts differ: " + ", ".join(differing)
-        return json_response(report)
+        return json_response(replay_report(load_record(record_id)))
+
+
+def replay_report(record: StoredRecord) -> dict[str, Any]:
+    """Recompute ``record``'s explanation and compare it with the stored one (also the review pages')."""
+    body = record.body
+    services = _services()
+    ref = body["model"]
+    report: dict[str, Any] = {"id": record.id, "model": ref}
+    try:
+        model = services.registry.get(ref["name"], ref["version"])
+    except ModelNotFound:
+        return {**report, "identical": False, "reason": "the recorded model version is gone"}
+    if model.sha256 != ref["sha256"]:
+        return {**report, "identical": False, "reason": f"the model's files changed (now {model.sha256})"}
+    rows, records = validate_instances(model, [body["instance"]])
+    req = body["request"]
+    answer = services.service.explain(
+        model,
+        rows,
+        req["methods"],
+        target=req["target"],
+        options=req["options"],
+        instances=records,
+        record=False,
+        counterfactual_target=req.get("counterfactual_target", SAME_TARGET),
+    )
+    fresh = dict(answer["explanations"][0])
+    for answered_only in ("id", "plots", "review", "reference"):  # not part of the recomputation
+        fresh.pop(answered_only, None)
+    stored = body["explanation"]
+    differing = sorted(
+        k for k in set(stored) | set(fresh) if canonical_json(stored.get(k)) != canonical_json(fresh.get(k))
+    )
+    report.update(identical=not differing, differing=differing)
+    if differing:
+        report["reason"] = "recomputed parts differ: " + ", ".join(differing)
+    return report
 
 
 @blp.route("/<record_id>/plots/<plot>.png")

@@ -1,3 +1,61 @@
-"""The forms that change something: review events, re-verify, suspend and resume."""
+"""The forms that change something (or compute): review events and the re-verify button.
+
+Each is a POST with the session's CSRF token (checked by the blueprint before the view). A review that
+breaks a rule of :mod:`explain_service.audit.reviews` shows the detail page again with the message next
+to the field (422) or the 403 page; a stored review answers 303 back to the detail page, so reloading
+it does not post twice.
+"""
 
 from __future__ import annotations
+
+from typing import Any
+
+from flask import Response, current_app, redirect, request, url_for
+from werkzeug.wrappers import Response as BaseResponse
+
+from explain_service.access import current_principal
+from explain_service.api.explanations import replay_report
+from explain_service.errors import ValidationFailed
+from explain_service.review.blueprint import blp
+from explain_service.review.pages import render_detail
+from explain_service.review.record_view import record_view
+
+
+@blp.route("/explanations/<record_id>/reviews", methods=["POST"])
+def add_review(record_id: str) -> BaseResponse:
+    """Approve, flag, escalate or override an explanation (an append-only review event)."""
+    view = record_view(record_id)
+    form = {k: request.form.get(k, "") for k in ("action", "comment", "decision")}
+    principal = current_principal()
+    decision: Any = _decision(form["decision"], view.class_names) if form["action"] == "override" else None
+    try:
+        current_app.extensions["explain"].index.add_review(
+            view.record,
+            action=form["action"],
+            comment=form["comment"] or None,
+            decision=decision,
+            by=principal.name,
+            role=principal.role,
+        )
+    except ValidationFailed as exc:
+        html = render_detail(view, form=form, form_errors=exc.errors)
+        return Response(html, status=422, mimetype="text/html")
+    return redirect(url_for("review.explanation", record_id=view.id, _anchor="history"), code=303)
+
+
+def _decision(raw: str, class_names: list[str]) -> Any:
+    """The override's decision: a class name, or a number for a regression model (checked downstream)."""
+    if class_names or not raw.strip():
+        return raw or None
+    try:
+        return float(raw)
+    except ValueError:
+        return raw
+
+
+@blp.route("/explanations/<record_id>/verify", methods=["POST"])
+def verify(record_id: str) -> Response:
+    """Re-run the explanation from the recorded model, input and parameters; show identical or the differences."""
+    view = record_view(record_id)
+    report = replay_report(view.record)
+    return Response(render_detail(view, verify=report), mimetype="text/html")

@@ -43,11 +43,16 @@ class SecretKeyError(ValueError):
     """``EXPLAIN_SECRET_KEY`` is set but too short to sign anything safely."""
 
 
+def check_configured(configured: str) -> None:
+    """Refuse a configured secret too short to sign with (at app start, not on the first request)."""
+    if configured and len(configured) < MIN_LENGTH:
+        raise SecretKeyError(f"EXPLAIN_SECRET_KEY must be at least {MIN_LENGTH} characters")
+
+
 def session_secret(configured: str, database_url: str) -> str:
     """The configured secret, or the one kept in the database (created on first use)."""
     if configured:
-        if len(configured) < MIN_LENGTH:
-            raise SecretKeyError(f"EXPLAIN_SECRET_KEY must be at least {MIN_LENGTH} characters")
+        check_configured(configured)
         return configured
     url = make_url(database_url)
     if url.get_backend_name() == "sqlite" and url.database and not url.query.get("uri"):

@@ -30,7 +30,7 @@ from explain_service.access import Principal
 from explain_service.access.guard import access_state
 from explain_service.access.rules import at_least
 from explain_service.errors import BadRequest
-from explain_service.review.secret import session_secret
+from explain_service.review.secret import check_configured, session_secret
 
 COOKIE_NAME = "explain_review"
 LIFETIME = timedelta(hours=8)
@@ -59,6 +59,7 @@ class ReviewSessionInterface(SecureCookieSessionInterface):
 
 def configure(app: Flask) -> None:
     """Install the session on ``app`` (cookie flags, lifetime, the interface)."""
+    check_configured(app.extensions["explain"].settings.secret_key)
     app.config.update(
         SESSION_COOKIE_NAME=COOKIE_NAME,
         SESSION_COOKIE_HTTPONLY=True,
