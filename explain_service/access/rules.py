@@ -70,6 +70,11 @@ RULES: dict[str, Rule] = {
     "review.add_review": REVIEW,
     "review.verify": REVIEW,
     "review.suspend": ADMIN,
+    "review.model_report": REVIEW,
+    "review.model_report_image": REVIEW,
+    "review.model_report_pdf": REVIEW,
+    "review.open_incident": REVIEW,
+    "review.incident": REVIEW,
     "fairness.FairnessView": REVIEW,
     "fairness.FairnessVersionView": REVIEW,
     "reviews.ReviewsView": OWNED,  # a calling system reads the overrides of its own records

@@ -16,7 +16,7 @@ class ReportModel(Schema):
     registered_at = fields.String()
 
 
-class TrainingData(Schema):
+class ReportTrainingData(Schema):
     source = fields.String()
     rows = fields.Integer()
     features = fields.Dict(
@@ -26,44 +26,44 @@ class TrainingData(Schema):
     )
 
 
-class Classes(Schema):
+class ReportClasses(Schema):
     names = fields.List(fields.String())
     favourable = fields.String(allow_none=True)
     positive = fields.String(allow_none=True, metadata={"description": "Favourable class, else the second"})
 
 
-class Provenance(Schema):
+class ReportProvenance(Schema):
     sha256 = fields.String()
     files = fields.Dict(keys=fields.String(), values=fields.String())
     libraries = fields.Dict(keys=fields.String(), values=fields.String())
 
 
-class CalibrationBin(Schema):
+class ReportCalibrationBin(Schema):
     mean_predicted = fields.Float()
     fraction_positive = fields.Float()
 
 
-class Calibration(Schema):
+class ReportCalibration(Schema):
     about = fields.String()
     brier_score = fields.Float()
-    bins = fields.List(fields.Nested(CalibrationBin))
+    bins = fields.List(fields.Nested(ReportCalibrationBin))
 
 
-class Performance(Schema):
+class ReportPerformance(Schema):
     data = fields.Dict(metadata={"description": "sha256, rows and rows used of the labelled set"})
     accuracy = fields.Float()
     positive = fields.String()
     roc_auc = _Num
-    calibration = fields.Nested(Calibration)
+    calibration = fields.Nested(ReportCalibration)
 
 
-class Importance(Schema):
+class ReportImportance(Schema):
     reference = fields.String()
     rows = fields.Integer()
     mean_abs_shap = fields.Dict(keys=fields.String(), values=fields.Float())
 
 
-class BiasAudit(Schema):
+class ReportBiasAudit(Schema):
     id = fields.String(metadata={"description": "The audit's record id in the chain"})
     seq = fields.Integer()
     created_at = fields.String()
@@ -73,36 +73,36 @@ class BiasAudit(Schema):
     by_feature = fields.Dict(keys=fields.String(), values=fields.Dict())
 
 
-class GroupRate(Schema):
+class ReportGroupRate(Schema):
     decisions = fields.Integer()
     favourable = fields.Integer()
     selection_rate = _Num
 
 
-class FeatureDisparity(Schema):
-    groups = fields.Dict(keys=fields.String(), values=fields.Nested(GroupRate))
+class ReportFeatureDisparity(Schema):
+    groups = fields.Dict(keys=fields.String(), values=fields.Nested(ReportGroupRate))
     compared_groups = fields.List(fields.String())
     demographic_parity_ratio = _Num
     demographic_parity_difference = _Num
     alert = fields.Boolean()
 
 
-class Disparity(Schema):
+class ReportDisparity(Schema):
     window = fields.Dict(metadata={"description": "start, end (UTC days, inclusive) and days"})
     threshold = fields.Float()
     min_group = fields.Integer()
     alert = fields.Boolean()
-    by_feature = fields.Dict(keys=fields.String(), values=fields.Nested(FeatureDisparity))
+    by_feature = fields.Dict(keys=fields.String(), values=fields.Nested(ReportFeatureDisparity))
 
 
-class ExplanationQuality(Schema):
+class ReportExplanationQuality(Schema):
     explanations = fields.Integer()
     shap = fields.Dict(metadata={"description": "count, over_additivity_bar, max_abs_additivity_residual"})
     lime = fields.Dict(metadata={"description": "count, r2_histogram (by tenth), r2_below_0_5"})
     counterfactual = fields.Dict(metadata={"description": "count, found_rate, budget_ran_out_rate"})
 
 
-class Oversight(Schema):
+class ReportOversight(Schema):
     decisions = fields.Dict(keys=fields.String(), values=fields.Integer())
     status = fields.Dict(keys=fields.String(), values=fields.Integer())
     review_required = fields.Integer()
@@ -115,13 +115,13 @@ class Oversight(Schema):
     bias_audits = fields.Integer()
 
 
-class Change(Schema):
+class ReportChange(Schema):
     previous_version = fields.String()
     schema = fields.Dict(metadata={"description": "features added, removed, changed; classes changed"})
     importance_shift = fields.Dict(keys=fields.String(), values=fields.Dict())
 
 
-class Evidence(Schema):
+class ReportEvidence(Schema):
     obligation = fields.String()
     asks = fields.String()
     answered_by = fields.Dict(
@@ -139,18 +139,18 @@ class TransparencyReport(Schema):
     description = fields.String()
     intended_use = fields.String()
     owner = fields.String()
-    training_data = fields.Nested(TrainingData)
+    training_data = fields.Nested(ReportTrainingData)
     features = fields.List(fields.Dict())
-    classes = fields.Nested(Classes)
-    provenance = fields.Nested(Provenance)
-    performance = fields.Nested(Performance, allow_none=True)
-    importance = fields.Nested(Importance, allow_none=True)
-    bias_audit = fields.Nested(BiasAudit, allow_none=True)
-    disparity = fields.Nested(Disparity)
-    explanation_quality = fields.Nested(ExplanationQuality)
-    oversight = fields.Nested(Oversight)
-    change = fields.Nested(Change, allow_none=True)
-    evidence = fields.List(fields.Nested(Evidence))
+    classes = fields.Nested(ReportClasses)
+    provenance = fields.Nested(ReportProvenance)
+    performance = fields.Nested(ReportPerformance, allow_none=True)
+    importance = fields.Nested(ReportImportance, allow_none=True)
+    bias_audit = fields.Nested(ReportBiasAudit, allow_none=True)
+    disparity = fields.Nested(ReportDisparity)
+    explanation_quality = fields.Nested(ReportExplanationQuality)
+    oversight = fields.Nested(ReportOversight)
+    change = fields.Nested(ReportChange, allow_none=True)
+    evidence = fields.List(fields.Nested(ReportEvidence))
 
 
 class ReportQuery(Schema):
