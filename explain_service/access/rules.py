@@ -83,6 +83,8 @@ RULES: dict[str, Rule] = {
     "suspensions.ResumeView": ADMIN,
     "suspensions.SuspendVersionView": ADMIN,
     "suspensions.ResumeVersionView": ADMIN,
+    "fairness.ImportanceView": REVIEW,
+    "fairness.BeeswarmView": REVIEW,
 }
 
 UNLISTED = ADMIN

@@ -1,10 +1,16 @@
-"""``POST /v1/models/{name}:fairness``: a bias audit of the rows and labels sent (review role)."""
+"""Bias audits and global explanations of a model (review role).
+
+* ``POST /v1/models/{name}:fairness``: a bias audit of the rows and labels sent.
+* ``GET /v1/models/{name}/importance``: mean |SHAP| per feature over the background, and per
+  sensitive group; ``GET /v1/models/{name}/plots/beeswarm.png`` draws the same values. Both are
+  computed once per model version and worker, then kept.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from flask import current_app
+from flask import Response, current_app, request
 from flask.views import MethodView
 
 from explain_service.access import caller_name
@@ -14,6 +20,7 @@ from explain_service.api.schemas import ErrorResponse
 from explain_service.errors import ValidationFailed
 from explain_service.fairness.audit import AuditPlan, answer, positive_class, resolve_sensitive
 from explain_service.fairness.data import audit_instances
+from explain_service.fairness.importance import GlobalImportance, global_importance
 from explain_service.fairness.record import store_audit
 from explain_service.jsonio import json_response
 
@@ -72,3 +79,49 @@ class FairnessVersionView(MethodView):
     def post(self, body: dict[str, Any], name: str, version: str) -> Any:
         """Audit one version on labelled instances."""
         return _audit(body, name, version)
+
+
+def _importance(name: str) -> tuple[Any, GlobalImportance]:
+    model = _services().registry.get(name, None)
+    return model, model.cached("global_importance", lambda: global_importance(model))
+
+
+@blp.route("/<name>/importance")
+class ImportanceView(MethodView):
+    @blp.response(200, schemas.ImportanceAnswer)
+    @blp.alt_response(404, schema=ErrorResponse)
+    @blp.alt_response(503, schema=ErrorResponse)
+    def get(self, name: str) -> Any:
+        """Mean |SHAP| per feature over the background sample, overall and per sensitive group."""
+        return json_response(_importance(name)[1].to_dict())
+
+
+@blp.route("/<name>/plots/beeswarm.png")
+class BeeswarmView(MethodView):
+    @blp.doc(responses={"200": {"description": "PNG image", "content": {"image/png": {}}}})
+    @blp.alt_response(404, schema=ErrorResponse)
+    def get(self, name: str) -> Any:
+        """Beeswarm summary of the SHAP values over the background sample."""
+        from explain_service.plots.beeswarm import beeswarm
+        from explain_service.plots.render import render_png
+
+        model, result = _importance(name)
+
+        def draw() -> bytes:
+            numeric = [f.name for f in model.schema.features if f.is_numeric]
+            fig = beeswarm(
+                result.values,
+                result.rows,
+                result.model,
+                numeric=numeric,
+                output=result.output,
+                target=result.target,
+            )
+            return render_png(fig)
+
+        data = model.cached("beeswarm_png", draw)
+        key = f"{model.sha256[:32]}-beeswarm"
+        headers = {"ETag": f'"{key}"', "Cache-Control": "private, max-age=3600"}
+        if request.if_none_match.contains_weak(key):
+            return Response(status=304, headers=headers)
+        return Response(data, mimetype="image/png", headers=headers)

@@ -117,3 +117,31 @@ class FairnessAnswer(Schema):
         metadata={"description": 'Per sensitive feature, and per intersection ("sex & age") when asked.'},
     )
     warnings = fields.List(fields.String())
+
+
+class GroupImportance(Schema):
+    count = fields.Integer()
+    mean_abs_shap = fields.Dict(keys=fields.String(), values=fields.Float())
+
+
+class ReferenceSet(Schema):
+    source = fields.String(metadata={"description": '"background" (the registration\'s sample) or a file.'})
+    rows = fields.Integer()
+    sha256 = fields.String(metadata={"description": "sha256 of the explained rows as CSV."})
+    seed = fields.Integer()
+
+
+class ImportanceAnswer(Schema):
+    model = fields.Nested(ModelRefSchema)
+    reference = fields.Nested(ReferenceSet)
+    target = fields.String(allow_none=True, metadata={"description": "The class every row is explained for."})
+    output = fields.String()
+    algorithm = fields.String()
+    mean_abs_shap = fields.Dict(
+        keys=fields.String(), values=fields.Float(), metadata={"description": "Per feature, largest first."}
+    )
+    by_group = fields.Dict(
+        keys=fields.String(),
+        values=fields.Dict(keys=fields.String(), values=fields.Nested(GroupImportance)),
+        metadata={"description": "Per sensitive feature and group, the same means."},
+    )
