@@ -1,37 +1,29 @@
 """Where a transparency report's sources meet: the app's registry, chain, derived tables and settings.
 
 The API view, the review page and the ``report`` command all call :func:`report_for`, so the three show
-the same figures. Global importance is computed once per model sha256 in a process (a version's files,
-and so its importance over its background, never change).
+the same figures. Global importance is computed once per loaded model version
+(:func:`explain_service.fairness.importance.global_importance`, cached on the model as its HTTP view does).
 """
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 from explain_service.errors import ServiceError
 from explain_service.fairness.report import build_report
 from explain_service.registry.model import LoadedModel
 
-_cache: dict[str, dict[str, float]] = {}
-_cache_lock = threading.Lock()
-MAX_CACHED = 64
+
+def importance_of(model: LoadedModel) -> Any:
+    """The model's global importance over its background, computed once per loaded version."""
+    from explain_service.fairness.importance import global_importance
+
+    return model.cached("global_importance", lambda: global_importance(model))
 
 
 def mean_abs_importance(model: LoadedModel) -> dict[str, float]:
-    """Mean |SHAP| per feature over the model's background (cached by model sha256)."""
-    from explain_service.fairness.importance import global_importance
-
-    with _cache_lock:
-        found = _cache.get(model.sha256)
-    if found is not None:
-        return found
-    result = global_importance(model).mean_abs()
-    with _cache_lock:
-        if len(_cache) >= MAX_CACHED:
-            _cache.pop(next(iter(_cache)))
-        _cache[model.sha256] = result
+    """Mean |SHAP| per feature over the model's background."""
+    result: dict[str, float] = importance_of(model).mean_abs()
     return result
 
 

@@ -28,13 +28,13 @@ from explain_service.api.incidents import create
 from explain_service.audit.incidents import HARM_TYPES, SEVERITIES, incident_json, is_incident
 from explain_service.errors import NotFound, ValidationFailed
 from explain_service.fairness.monitor import disparity, monitored_versions
-from explain_service.fairness.reporting import report_for
+from explain_service.fairness.reporting import importance_of, report_for
 from explain_service.plots.importance import importance_bars
 from explain_service.plots.render import render_png
 from explain_service.review.blueprint import blp
 from explain_service.review.pdf import app_fetcher, html_to_pdf
 
-IMAGES = ("importance",)
+IMAGES = ("importance", "beeswarm")
 
 
 def _services() -> Any:
@@ -79,7 +79,22 @@ def disparity_alerts() -> list[dict[str, Any]]:
 
 
 def report_image(report: dict[str, Any], name: str) -> bytes:
-    """The PNG of one of the report's images."""
+    """The PNG of one of the report's images: global importance bars, or the beeswarm of the same values."""
+    if name == "beeswarm" and report.get("importance"):
+        from explain_service.plots.beeswarm import beeswarm
+
+        model = _services().registry.get(report["model"]["name"], report["model"]["version"])
+        result = importance_of(model)
+        numeric = [f.name for f in model.schema.features if f.is_numeric]
+        fig = beeswarm(
+            result.values,
+            result.rows,
+            result.model,
+            numeric=numeric,
+            output=result.output,
+            target=result.target,
+        )
+        return render_png(fig)
     if name == "importance" and report.get("importance"):
         importance = report["importance"]
         fig = importance_bars(
@@ -144,9 +159,9 @@ def model_report_pdf(name: str) -> Response:
     fallback = app_fetcher(request.host_url)
 
     def fetch(url: str) -> tuple[bytes, str]:
-        marker = f"/review/models/{name}/importance.png"
-        if marker in url:
-            return report_image(report, "importance"), "image/png"
+        for image in IMAGES:
+            if f"/review/models/{name}/{image}.png" in url:
+                return report_image(report, image), "image/png"
         return fallback(url)
 
     data = html_to_pdf(html, request.host_url, fetcher=fetch)
