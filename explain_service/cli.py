@@ -24,6 +24,7 @@ from explain_service.audit.incident_commands import incidents
 from explain_service.batch.command import batch
 from explain_service.config import Settings
 from explain_service.fairness.command import fairness
+from explain_service.fairness.report_command import report
 from explain_service.logs import configure_app_logging
 
 log = logging.getLogger("explain_service.cli")  # not __name__: that is "__main__" under `python -m`
@@ -444,6 +445,7 @@ main.add_command(batch)
 main.add_command(keys)
 main.add_command(incidents)
 main.add_command(fairness)
+main.add_command(report)
 
 
 if __name__ == "__main__":
