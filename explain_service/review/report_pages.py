@@ -46,7 +46,9 @@ def report_num(value: Any, digits: int = 4) -> str:
     """A report figure in words: ``—`` for none, integers as they are, others to ``digits`` significant."""
     if value is None:
         return "—"
-    if isinstance(value, int):  # bool included
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
         return str(value)
     if isinstance(value, float):
         if not math.isfinite(value):
