@@ -146,7 +146,9 @@ class Tally:
             return
         self.store.head()  # the chain's own schema first (it creates it on first use)
         with self._locked() as conn:
-            index_metadata.create_all(conn, tables=[state], checkfirst=True)
+            # All of the trail index's tables, not its state table alone: the index takes an existing
+            # state table as the sign that its tables exist.
+            index_metadata.create_all(conn, checkfirst=True)
             for projection in self.projections:
                 for table in projection.tables:
                     table.create(conn, checkfirst=True)
