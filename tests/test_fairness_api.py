@@ -129,3 +129,60 @@ def test_only_review_and_admin_keys_may_audit(demo_models_dir: Path, tmp_path: P
     assert r.status_code == 200, r.get_json()
     record = app.extensions["explain"].audit.require(r.get_json()["id"])
     assert record.caller == "review-key"
+
+
+FAIRNESS_OPERATIONS = [
+    "POST /v1/models/{name}:fairness",
+    "POST /v1/models/{name}/versions/{version}:fairness",
+    "GET /v1/models/{name}/importance",
+]
+
+
+@pytest.fixture(scope="module")
+def fuzzed(demo_models_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    import schemathesis
+
+    var = tmp_path_factory.mktemp("fairness-fuzz")
+    app = secured_app(demo_models_dir, f"sqlite:///{var}/audit.sqlite3", var, ratelimit_default="")
+    key = app.extensions["explain_access"].keys.create("fuzz", "review")
+    schema = schemathesis.openapi.from_wsgi("/openapi.json", app, headers=auth(key))
+    found = {op.label: op for op in (r.ok() for r in schema.get_all_operations())}
+    return found, key
+
+
+@pytest.mark.parametrize("label", FAIRNESS_OPERATIONS)
+def test_generated_requests_never_get_a_server_error(fuzzed, label: str) -> None:
+    from hypothesis import HealthCheck, given, settings
+    from schemathesis.checks import not_a_server_error
+    from schemathesis.specs.openapi.checks import response_schema_conformance
+
+    found, key = fuzzed
+
+    @settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @given(case=found[label].as_strategy())
+    def check(case) -> None:
+        response = case.call(headers=auth(key))
+        assert response.status_code < 500, (label, case.path_parameters, case.body, response.text[:300])
+        case.validate_response(response, checks=[not_a_server_error, response_schema_conformance])
+
+    check()
+
+
+def test_successful_answers_conform_to_the_document(fuzzed, labelled) -> None:
+    from schemathesis.checks import not_a_server_error
+    from schemathesis.specs.openapi.checks import response_schema_conformance
+
+    found, key = fuzzed
+    instances, labels = labelled
+    cases = [
+        found["POST /v1/models/{name}:fairness"].Case(
+            path_parameters={"name": "german-credit"},
+            body={"instances": instances[:60], "labels": labels[:60], "intersect": True, "resamples": 50},
+            media_type="application/json",
+        ),
+        found["GET /v1/models/{name}/importance"].Case(path_parameters={"name": "german-credit"}),
+    ]
+    for case in cases:
+        response = case.call(headers=auth(key))
+        assert response.status_code == 200, response.text[:300]
+        case.validate_response(response, checks=[not_a_server_error, response_schema_conformance])

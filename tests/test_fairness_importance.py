@@ -119,3 +119,14 @@ def test_importance_routes_need_a_review_key(demo_models_dir: Path, tmp_path: Pa
     )
     assert again.status_code == 304
     assert client.get("/v1/models/nope/importance", headers=auth(keys["review"])).status_code == 404
+
+
+def test_the_beeswarm_of_one_group_draws_only_its_rows(client) -> None:
+    whole = client.get("/v1/models/german-credit/plots/beeswarm.png")
+    young = client.get("/v1/models/german-credit/plots/beeswarm.png?feature=age&group=[0, 25)")
+    assert whole.status_code == young.status_code == 200 and whole.data != young.data
+    assert young.headers["ETag"] != whole.headers["ETag"]
+    bad_feature = client.get("/v1/models/german-credit/plots/beeswarm.png?feature=duration&group=x")
+    assert bad_feature.status_code == 422 and list(bad_feature.get_json()["errors"]) == ["feature"]
+    bad_group = client.get("/v1/models/german-credit/plots/beeswarm.png?feature=sex&group=other")
+    assert bad_group.status_code == 422 and list(bad_group.get_json()["errors"]) == ["group"]

@@ -8,8 +8,10 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
+import numpy as np
 from flask import Response, current_app, request
 from flask.views import MethodView
 
@@ -20,6 +22,7 @@ from explain_service.api.schemas import ErrorResponse
 from explain_service.errors import ValidationFailed
 from explain_service.fairness.audit import AuditPlan, answer, positive_class, resolve_sensitive
 from explain_service.fairness.data import audit_instances
+from explain_service.fairness.groups import group_labels
 from explain_service.fairness.importance import GlobalImportance, global_importance
 from explain_service.fairness.record import store_audit
 from explain_service.jsonio import json_response
@@ -98,30 +101,48 @@ class ImportanceView(MethodView):
 
 @blp.route("/<name>/plots/beeswarm.png")
 class BeeswarmView(MethodView):
+    @blp.arguments(schemas.BeeswarmQuery, location="query")
     @blp.doc(responses={"200": {"description": "PNG image", "content": {"image/png": {}}}})
     @blp.alt_response(404, schema=ErrorResponse)
-    def get(self, name: str) -> Any:
-        """Beeswarm summary of the SHAP values over the background sample."""
-        from explain_service.plots.beeswarm import beeswarm
-        from explain_service.plots.render import render_png
-
+    @blp.alt_response(422, schema=ErrorResponse)
+    def get(self, query: dict[str, Any], name: str) -> Any:
+        """Beeswarm summary of the SHAP values over the background sample, or over one sensitive group."""
         model, result = _importance(name)
-
-        def draw() -> bytes:
-            numeric = [f.name for f in model.schema.features if f.is_numeric]
-            fig = beeswarm(
-                result.values,
-                result.rows,
-                result.model,
-                numeric=numeric,
-                output=result.output,
-                target=result.target,
-            )
-            return render_png(fig)
-
-        data = model.cached("beeswarm_png", draw)
-        key = f"{model.sha256[:32]}-beeswarm"
+        feature, group = query["feature"], query["group"]
+        rows = _group_rows(model, result, feature, group)
+        data = model.cached(f"beeswarm_png:{feature}:{group}", lambda: _draw(model, result, rows))
+        key = hashlib.sha256(f"{model.sha256}:{feature}:{group}".encode()).hexdigest()[:32]
         headers = {"ETag": f'"{key}"', "Cache-Control": "private, max-age=3600"}
         if request.if_none_match.contains_weak(key):
             return Response(status=304, headers=headers)
         return Response(data, mimetype="image/png", headers=headers)
+
+
+def _group_rows(model: Any, result: GlobalImportance, feature: str | None, group: str | None) -> np.ndarray:
+    """The rows to draw: all, or those of one group of a sensitive feature (422 naming the field)."""
+    if feature is None and group is None:
+        return np.ones(len(result.rows), dtype=bool)
+    if feature not in result.by_group:
+        raise ValidationFailed(
+            {"feature": [f"Not a sensitive feature of this model ({', '.join(result.by_group)})."]}
+        )
+    labels = group_labels(result.rows[feature], model.manifest.sensitive[feature])
+    if group not in result.by_group[feature]:
+        raise ValidationFailed({"group": [f"No group {group!r} of {feature!r} in the reference rows."]})
+    return np.asarray(labels == group)
+
+
+def _draw(model: Any, result: GlobalImportance, rows: np.ndarray) -> bytes:
+    from explain_service.plots.beeswarm import beeswarm
+    from explain_service.plots.render import render_png
+
+    numeric = [f.name for f in model.schema.features if f.is_numeric]
+    fig = beeswarm(
+        result.values[rows],
+        result.rows[rows],
+        result.model,
+        numeric=numeric,
+        output=result.output,
+        target=result.target,
+    )
+    return render_png(fig)

@@ -145,3 +145,13 @@ class ImportanceAnswer(Schema):
         values=fields.Dict(keys=fields.String(), values=fields.Nested(GroupImportance)),
         metadata={"description": "Per sensitive feature and group, the same means."},
     )
+
+
+class BeeswarmQuery(Schema):
+    feature = fields.String(
+        load_default=None,
+        metadata={"description": "A sensitive feature, to draw only the rows of one group."},
+    )
+    group = fields.String(
+        load_default=None, metadata={"description": 'That group\'s label, e.g. "[25, 40)".'}
+    )

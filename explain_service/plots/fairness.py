@@ -14,8 +14,9 @@ from matplotlib.figure import Figure
 
 from explain_service.plots._style import DOWN, INK, MUTED, RULE, UP, font, new_figure, truncate
 
-ROW_HEIGHT = 0.32
-PANEL_PAD = 0.75
+ROW_HEIGHT = 0.3
+TITLE = 0.42
+AXIS = 0.45
 
 
 def selection_rates(audit: Mapping[str, Any], *, max_groups: int = 16) -> Figure:
@@ -38,13 +39,16 @@ def selection_rates(audit: Mapping[str, Any], *, max_groups: int = 16) -> Figure
         if len(groups) > max_groups:
             groups = sorted(groups, key=lambda item: -item[1]["count"])[:max_groups]
         panels.append((feature, figures, groups))
-    heights = [PANEL_PAD + ROW_HEIGHT * max(len(g), 1) for _, _, g in panels]
-    fig = new_figure(sum(heights) + 0.4, width=8.0)
-    axes = fig.subplots(len(panels), 1, squeeze=False, gridspec_kw={"height_ratios": heights})[:, 0]
-    fig.subplots_adjust(
-        left=0.26, right=0.97, top=1 - 0.3 / fig.get_figheight(), bottom=0.5 / fig.get_figheight()
-    )
-    fig.subplots_adjust(hspace=0.9)
+    # Each panel: a title line, one row per group, the x axis; laid out in inches from the top.
+    heights = [TITLE + ROW_HEIGHT * max(len(g), 1) + AXIS for _, _, g in panels]
+    total = sum(heights) + 0.1
+    fig = new_figure(total, width=8.0)
+    axes = []
+    top = total - 0.05
+    for h in heights:
+        bottom = top - h + AXIS
+        axes.append(fig.add_axes((0.26, bottom / total, 0.71, (h - TITLE - AXIS) / total)))
+        top -= h
     for ax, (feature, figures, groups) in zip(axes, panels, strict=True):
         labels = [truncate(label, 30) for label, _ in groups]
         rates = [stats["selection_rate"] or 0.0 for _, stats in groups]
