@@ -292,3 +292,46 @@ def test_a_configured_secret_wins_and_must_be_long(demo_models_dir: Path, tmp_pa
     assert app.secret_key == "s" * 40
     with pytest.raises(SecretKeyError, match="at least 32 characters"):
         make_app(demo_models_dir, tmp_path / "audit.sqlite3", secret_key="short")
+
+
+def test_an_admin_suspends_and_resumes_a_model_version_from_its_record(site) -> None:
+    app, keys = site["app"], site["keys"]
+    record_id = site["ids"]["german-credit-linear"][0]
+    path = "/review/models/german-credit-linear/suspension"
+    form = {
+        "action": "suspend",
+        "scope": "version",
+        "version": "1",
+        "reason": "drift <b>alarm</b>",
+        "record": record_id,
+    }
+    reviewer = app.test_client()
+    form["csrf_token"] = log_in(reviewer, keys["review"])
+    assert reviewer.post(path, data=form, headers=HTML).status_code == 403
+    admin = app.test_client()
+    form["csrf_token"] = log_in(admin, keys["admin"])
+    r = admin.post(path, data=form)
+    assert r.status_code == 303 and r.headers["Location"] == f"/review/explanations/{record_id}#model-state"
+    explain = app.test_client().post(
+        "/v1/models/german-credit-linear:explain",
+        json={"instances": [GERMAN_ROW], "methods": ["shap"]},
+        headers={"Authorization": f"Bearer {keys['explain']}"},
+    )
+    assert explain.status_code == 503 and "drift <b>alarm</b>" in explain.get_json()["message"]
+    for page in (f"/review/explanations/{record_id}", "/review/"):
+        html = admin.get(page).get_data(as_text=True)
+        assert "drift &lt;b&gt;alarm&lt;/b&gt;" in html and "by admin-1" in html, page
+    assert admin.post(path, data=form, headers=HTML).status_code == 409  # already suspended
+    resume = {**form, "action": "resume", "reason": ""}
+    assert admin.post(path, data=resume).status_code == 303
+    assert "is in service" in admin.get(f"/review/explanations/{record_id}").get_data(as_text=True)
+    # The suspension and the resumption are chain records naming who and why.
+    suspension_records = [
+        r.body
+        for r in app.extensions["explain"].audit.list_records(limit=20)
+        if r.body.get("kind") == "suspension"
+    ]
+    assert [(b["action"], b["by"]) for b in suspension_records] == [
+        ("resume", "admin-1"),
+        ("suspend", "admin-1"),
+    ]

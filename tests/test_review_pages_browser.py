@@ -105,7 +105,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
             "tiny",
             [{"x1": 1.0, "x2": 0.0}, {"x1": 50.0, "x2": 0.0}, {"x1": -1.0, "x2": 0.5}],
             [None, CASE, None],
-            ["shap", "lime"],
+            ["shap", "lime", "counterfactual"],
         )
         s.ids.update(plain=ids[0], out_of_range=ids[1], other=ids[2])
         (xss,) = s.explain(
@@ -188,7 +188,6 @@ def test_log_in_filter_to_a_model_and_a_flag_and_open_a_record(page, site) -> No
     assert all(complete and width > 0 for _, complete, width in loaded), loaded
     text = page.locator("main").inner_text()
     assert CASE in text and "needs review" in text and "outside the range" in text
-    shot(page, "detail")
     page.get_by_role("button", name="Re-verify").click()
     assert "Identical." in page.locator("#verify-result").inner_text()
 
@@ -244,6 +243,10 @@ def test_escalate_resolve_as_admin_and_override(page, site) -> None:
     ]
     assert events[-1]["decision"] == other
     assert (answer["status"], answer["decision"]) == ("overridden", other)
+    page.get_by_role("button", name="Re-verify").click()
+    assert "Identical." in page.locator("#verify-result").inner_text()
+    assert all(complete and width > 0 for _, complete, width in images(page))
+    shot(page, "detail")
 
 
 def test_print_view_renders_and_downloads_as_pdf(page, site) -> None:

@@ -56,6 +56,12 @@ RULES: dict[str, Rule] = {
     "incidents.IncidentsView": REVIEW,
     "incidents.IncidentView": REVIEW,
     "reports.ReportView": REVIEW,
+    "reviews.ReviewsView": OWNED,  # a calling system reads the overrides of its own records
+    "reviews.AddReviewView": REVIEW,
+    "suspensions.SuspendView": ADMIN,
+    "suspensions.ResumeView": ADMIN,
+    "suspensions.SuspendVersionView": ADMIN,
+    "suspensions.ResumeVersionView": ADMIN,
     # The reviewers' pages (a session cookie from /review/login also authenticates them).
     "root": PUBLIC,
     "review.static": PUBLIC,
@@ -77,12 +83,6 @@ RULES: dict[str, Rule] = {
     "review.incident": REVIEW,
     "fairness.FairnessView": REVIEW,
     "fairness.FairnessVersionView": REVIEW,
-    "reviews.ReviewsView": OWNED,  # a calling system reads the overrides of its own records
-    "reviews.AddReviewView": REVIEW,
-    "suspensions.SuspendView": ADMIN,
-    "suspensions.ResumeView": ADMIN,
-    "suspensions.SuspendVersionView": ADMIN,
-    "suspensions.ResumeVersionView": ADMIN,
     "fairness.ImportanceView": REVIEW,
     "fairness.BeeswarmView": REVIEW,
 }

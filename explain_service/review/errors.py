@@ -27,10 +27,20 @@ def wants_json() -> bool:
     return request.accept_mimetypes.best_match(["text/html", "application/json"]) == "application/json"
 
 
-def error_page(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+def error_page(
+    status: int,
+    message: str,
+    headers: dict[str, str] | None = None,
+    errors: dict[str, list[str]] | None = None,
+) -> Response:
     """The HTML error page."""
     html = render_template(
-        "review/error.html", status=status, phrase=status_phrase(status), message=message, rid=request_id()
+        "review/error.html",
+        status=status,
+        phrase=status_phrase(status),
+        message=message,
+        errors=errors or {},
+        rid=request_id(),
     )
     # A 401 keeps its "WWW-Authenticate: Bearer" challenge: browsers prompt only for Basic and Digest.
     return Response(html, status=status, mimetype="text/html", headers=headers)
@@ -38,7 +48,8 @@ def error_page(status: int, message: str, headers: dict[str, str] | None = None)
 
 @blp.errorhandler(ServiceError)
 def _service_error(exc: ServiceError) -> Response:
-    return _render(exc.status, exc.public_message, exc, exc.headers)
+    errors = exc.errors if exc.status < 500 or exc.detail_is_public else None
+    return _render(exc.status, exc.public_message, exc, exc.headers, errors)
 
 
 @blp.errorhandler(AuditError)
@@ -59,11 +70,17 @@ def _unexpected(exc: Exception) -> Response:
     return _render(500, "Internal error.", exc)
 
 
-def _render(status: int, message: str, exc: Exception, headers: dict[str, str] | None = None) -> Response:
+def _render(
+    status: int,
+    message: str,
+    exc: Exception,
+    headers: dict[str, str] | None = None,
+    errors: dict[str, list[str]] | None = None,
+) -> Response:
     if status >= 500 and isinstance(exc, ServiceError | AuditError):
         log.error("%s [request %s]: %s", type(exc).__name__, request_id(), exc)
         message = message if isinstance(exc, ServiceError) else "Internal error."
     if wants_json():
-        body = error_body(status, message) if status < 500 else server_error_body(status, message)
+        body = error_body(status, message, errors) if status < 500 else server_error_body(status, message)
         return json_response(body, status, headers=headers or None)
-    return error_page(status, message, headers)
+    return error_page(status, message, headers, errors)

@@ -37,6 +37,9 @@ def explanations() -> Response:
         query=query,
         page=page,
         models=_model_options(),
+        suspended=[
+            found for name in _services().registry.names() for found in _services().suspensions.of_model(name)
+        ],
         statuses=STATUSES,
         flags=QUALITY_FLAGS,
         flag_text=words.FLAG_TEXT,

@@ -16,6 +16,7 @@ from explain_service.api.explanations import load_record
 from explain_service.audit.chain import StoredRecord
 from explain_service.audit.reviews import ReviewEvent
 from explain_service.audit.search import IndexedRecord
+from explain_service.audit.suspensions import Suspension
 from explain_service.errors import ServiceError
 from explain_service.quality import quality_flags
 from explain_service.registry.manifest import Manifest
@@ -36,6 +37,7 @@ class RecordView:
     flags: list[str]
     plots: dict[str, str]
     class_names: list[str] = field(default_factory=list)
+    suspensions: list[Suspension] = field(default_factory=list)
 
     @property
     def id(self) -> str:
@@ -63,6 +65,13 @@ class RecordView:
             return self.indexed.reference
         ref = self.body.get("reference")
         return ref if isinstance(ref, str) else None
+
+    def suspension(self) -> Suspension | None:
+        """The suspension that stops this record's model version now (the whole model's first), or None."""
+        for found in self.suspensions:
+            if found.version in (None, self.record.model_version):
+                return found
+        return None
 
     def review_reasons(self) -> list[str]:
         """Why the routing rules sent this explanation to a human, in words (empty: they did not)."""
@@ -174,7 +183,7 @@ class RecordView:
             "rows": rows,
             "target": cf.get("target"),
             "message": cf.get("message"),
-            "metrics": cf.get("metrics") or {},
+            "metrics": {k: words.number(v, 3) for k, v in (cf.get("metrics") or {}).items()},
             "seed": cf.get("seed"),
             "marks": sorted(marks.items()),
         }
@@ -239,4 +248,5 @@ def record_view(record_id: str) -> RecordView:
         flags=list(item.flags) if item is not None else quality_flags(explanation),
         plots=plot_urls(record.id, explanation),
         class_names=[str(name) for name in probs],
+        suspensions=services.suspensions.of_model(record.model_name),
     )
