@@ -144,4 +144,10 @@ def test_an_incident_opened_from_a_record_page_is_a_chain_record(page, site) -> 
     assert [e["id"] for e in incident["explanations"]] == site.ids[1:3]
     assert incident["severity"] == "high" and incident["opened_by"] == "review-1"
     assert AuditStore(site.url, create=False).verify().ok
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Incidents").click()
+    page.get_by_role("link", name="Declined <script>alert(1)</script>").click()
+    page.wait_for_url(f"**/review/incidents/{incident_id}")
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Models").click()
+    page.get_by_role("link", name="v1", exact=True).click()
+    page.wait_for_url("**/review/models/german-credit?version=1")
     assert page.dialogs == []

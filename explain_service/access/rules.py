@@ -81,6 +81,8 @@ RULES: dict[str, Rule] = {
     "review.model_report_pdf": REVIEW,
     "review.open_incident": REVIEW,
     "review.incident": REVIEW,
+    "review.models": REVIEW,
+    "review.incidents": REVIEW,
     "fairness.FairnessView": REVIEW,
     "fairness.FairnessVersionView": REVIEW,
     "fairness.ImportanceView": REVIEW,

@@ -207,3 +207,24 @@ def incident(incident_id: str) -> Response:
     assert record is not None
     html = render_template("review/incident.html", incident=incident_json(record), has_detail=True)
     return Response(html, mimetype="text/html")
+
+
+@blp.route("/models")
+def models() -> Response:
+    """Every registered model with its versions, linking to their reports, and the disparity alerts."""
+    registry = _services().registry
+    rows = [{"name": name, "versions": registry.versions(name)} for name in registry.names()]
+    html = render_template("review/models.html", models=[r for r in rows if r["versions"]])
+    return Response(html, mimetype="text/html")
+
+
+@blp.route("/incidents", methods=["GET"])
+def incidents() -> Response:
+    """Incidents, newest first (one page of 100)."""
+    from explain_service.audit.incidents import list_incidents
+
+    tally = _services().tally
+    tally.catch_up()
+    with tally.connect() as conn:
+        rows = list_incidents(conn, limit=100)
+    return Response(render_template("review/incidents.html", incidents=rows), mimetype="text/html")
