@@ -54,7 +54,7 @@ def export_incidents(
 
     ``withheld`` None opens every input (no redaction).
     """
-    tally.catch_up(force=True)
+    tally.catch_up(force=True, max_records=None)
     head_seq, head_hash = store.head()
     genesis = store.genesis()
     with tally.connect() as conn:

@@ -38,6 +38,8 @@ from explain_service.audit.schema import COLUMNS, raw_record, records
 from explain_service.audit.store import AuditStore
 
 BATCH = 2000
+READ_CATCH_UP = 50_000
+"""Records a read folds in at most (per projection); a far-behind table catches up over several reads."""
 
 
 class Projection(Protocol):
@@ -83,27 +85,28 @@ class Tally:
         self._ensure_tables()
         return self._engine.connect()
 
-    def catch_up(self, *, force: bool = False) -> int:
-        """Fold every record after each cursor into its projection; return how many records were read.
+    def catch_up(self, *, force: bool = False, max_records: int | None = READ_CATCH_UP) -> int:
+        """Fold the records after each cursor into its projection; return how many records were read.
 
         Skipped (returns 0) when the last catch-up in this process was under ``min_interval`` seconds ago,
-        unless ``force``: a page or a metrics scrape may show figures that much behind the chain.
+        unless ``force``: a page or a metrics scrape may show figures that much behind the chain. At most
+        ``max_records`` per projection (None: up to the head), so a read after a bulk load stays bounded.
         """
         with self._lock:
             if not force and time.monotonic() - self._last < self.min_interval:
                 return 0
             try:
                 self._ensure_tables()
-                read = sum(self._catch_up_one(p) for p in self.projections)
+                read = sum(self._catch_up_one(p, max_records) for p in self.projections)
             except SQLAlchemyError as exc:
                 reason, detail = driver_reason(exc)
                 raise AuditUnavailableError(reason, detail=detail) from exc
             self._last = time.monotonic()
             return read
 
-    def _catch_up_one(self, projection: Projection) -> int:
+    def _catch_up_one(self, projection: Projection, max_records: int | None) -> int:
         read = 0
-        while True:
+        while max_records is None or read < max_records:
             with self._locked() as conn:
                 cursor = conn.execute(
                     select(state.c.last_seq).where(state.c.name == projection.name)
@@ -124,6 +127,7 @@ class Tally:
                     update(state).where(state.c.name == projection.name).values(last_seq=batch[-1].seq)
                 )
             read += len(batch)
+        return read
 
     @contextmanager
     def _locked(self) -> Iterator[Connection]:

@@ -110,7 +110,8 @@ class DisparityCounts:
 
     def apply(self, conn: Connection, batch: Sequence[StoredRecord]) -> None:
         """Add the batch's explanation records to the counts (one upsert per key)."""
-        totals: dict[tuple[str, str, str, str, str], list[int]] = defaultdict(lambda: [0, 0])
+        # Group the batch by model version, so each feature's values are labelled in one vectorised call.
+        decided: dict[tuple[str, str], list[tuple[str, int, dict[str, Any]]]] = defaultdict(list)
         for record in batch:
             body = record.body
             if body.get("kind") != "explanation":
@@ -121,12 +122,19 @@ class DisparityCounts:
                 continue
             day = record.created_at.astimezone(UTC).date().isoformat()
             favourable = int(label == monitored.favourable)
-            instance = body.get("instance", {})
+            decided[(record.model_name, record.model_version)].append(
+                (day, favourable, body.get("instance", {}))
+            )
+        totals: dict[tuple[str, str, str, str, str], list[int]] = defaultdict(lambda: [0, 0])
+        for (name, version), found in decided.items():
+            monitored = self.lookup(name, version)
+            assert monitored is not None
             for feature, edges in monitored.sensitive.items():
-                group = str(group_labels([instance.get(feature)], edges)[0])
-                counts = totals[(record.model_name, record.model_version, day, feature, group)]
-                counts[0] += 1
-                counts[1] += favourable
+                labels = group_labels([instance.get(feature) for _, _, instance in found], edges)
+                for (day, favourable, _), group in zip(found, labels, strict=True):
+                    counts = totals[(name, version, day, feature, str(group))]
+                    counts[0] += 1
+                    counts[1] += favourable
         if not totals:
             return
         rows = [
