@@ -100,6 +100,7 @@ def test_incident_requests_are_validated_and_unknown_ids_are_refused(served) -> 
 
 def test_incidents_list_newest_first_by_keyset_pages(served) -> None:
     _app, client, _url, ids = served
+    assert client.get("/v1/incidents").get_json() == {"incidents": [], "next_before_seq": None}
     opened = [
         client.post("/v1/incidents", json=incident([i], title=f"t{n}")).get_json() for n, i in enumerate(ids)
     ]

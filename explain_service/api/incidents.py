@@ -115,6 +115,7 @@ def create(body: dict[str, Any]) -> dict[str, Any]:
         raise ValidationFailed({exc.field: [exc.message]}) from None
     except AuditWriteError as exc:
         raise AuditUnavailable(exc.reason) from None
+    _services().tally.catch_up(force=True)  # listed at once, by this worker and every other
     return incident_json(record)
 
 

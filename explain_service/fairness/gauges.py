@@ -13,12 +13,17 @@ manifest is read), features and groups from each manifest's sensitive grouping.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from sqlalchemy.exc import SQLAlchemyError
 
+from explain_service.audit.errors import AuditError
 from explain_service.fairness.monitor import DisparitySettings, disparity, monitored_versions
+
+log = logging.getLogger(__name__)
 
 
 def disparity_metrics(tally: Any, settings: DisparitySettings) -> bytes:
@@ -43,15 +48,20 @@ def disparity_metrics(tally: Any, settings: DisparitySettings) -> bytes:
         [*labels, "group"],
         registry=registry,
     )
-    tally.catch_up()
-    with tally.connect() as conn:
-        for name, version in monitored_versions(conn):
-            report = disparity(conn, name, version, settings)
-            for feature, figures in report["by_feature"].items():
-                value = figures["demographic_parity_ratio"]
-                ratio.labels(name, version, feature).set(math.nan if value is None else value)
-                alert.labels(name, version, feature).set(1 if figures["alert"] else 0)
-                for group, counts in figures["groups"].items():
-                    rate.labels(name, version, feature, group).set(counts["selection_rate"])
-                    decisions.labels(name, version, feature, group).set(counts["decisions"])
+    try:
+        tally.catch_up()
+        with tally.connect() as conn:
+            for name, version in monitored_versions(conn):
+                report = disparity(conn, name, version, settings)
+                for feature, figures in report["by_feature"].items():
+                    value = figures["demographic_parity_ratio"]
+                    ratio.labels(name, version, feature).set(math.nan if value is None else value)
+                    alert.labels(name, version, feature).set(1 if figures["alert"] else 0)
+                    for group, counts in figures["groups"].items():
+                        rate.labels(name, version, feature, group).set(counts["selection_rate"])
+                        decisions.labels(name, version, feature, group).set(counts["decisions"])
+    except (AuditError, SQLAlchemyError):
+        # The request metrics still matter when the audit database does not answer; /readyz says why.
+        log.warning("metrics: live disparity could not be read", exc_info=True)
+        return b""
     return generate_latest(registry)
