@@ -135,6 +135,8 @@ def test_report_figures_equal_direct_counts_of_the_chain(served, demo_models_dir
     sex_groups = report["disparity"]["by_feature"]["sex"]["groups"]
     by_sex = pd.Series([x.body["instance"]["sex"] for x in explained]).value_counts().to_dict()
     assert {g: v["decisions"] for g, v in sex_groups.items()} == by_sex
+    weekly = report["disparity"]["weekly"]["sex"]  # every record is of this week
+    assert {g: points[-1]["decisions"] for g, points in weekly.items()} == by_sex
 
 
 def test_report_command_measures_performance_with_sklearn_and_writes_html_pdf_json(

@@ -93,6 +93,14 @@ class ReportDisparity(Schema):
     min_group = fields.Integer()
     alert = fields.Boolean()
     by_feature = fields.Dict(keys=fields.String(), values=fields.Nested(ReportFeatureDisparity))
+    weekly = fields.Dict(
+        keys=fields.String(),
+        values=fields.Dict(),
+        metadata={
+            "description": "Per feature and group, the selection rate per ISO week (last 12): "
+            "[{period: Monday, decisions, selection_rate}]"
+        },
+    )
 
 
 class ReportExplanationQuality(Schema):

@@ -21,7 +21,7 @@ Which field follows which published model-card practice is in the README (Transp
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -30,11 +30,12 @@ from sqlalchemy import Connection, func, select
 from explain_service.audit.aggregates import kind_counts, latest_of_kind, quality_of
 from explain_service.audit.suspensions import WHOLE_MODEL
 from explain_service.fairness.evidence import evidence_map
-from explain_service.fairness.monitor import DisparitySettings, disparity, favourable_class
+from explain_service.fairness.monitor import DisparitySettings, disparity, favourable_class, series
 from explain_service.registry.model import LoadedModel
 
 FORMAT = "explain-service.report/1"
 TOP_CATEGORIES = 20
+WEEKS = 12  # the weekly selection-rate series covers this many ISO weeks, the current one included
 
 Importance = Callable[[LoadedModel], dict[str, float]]
 """Mean |SHAP| per original feature over a reference set (the background)."""
@@ -256,7 +257,10 @@ def build_report(
             "mean_abs_shap": dict(sorted(current_importance.items(), key=lambda kv: -kv[1])),
         },
         "bias_audit": _bias_audit(conn, audit, model),
-        "disparity": disparity(conn, model.name, model.version, disparity_settings),
+        "disparity": {
+            **disparity(conn, model.name, model.version, disparity_settings),
+            "weekly": series(conn, model.name, model.version, period="week", since=_weeks_ago(WEEKS)),
+        },
         "explanation_quality": explanation_quality(quality),
         "oversight": oversight(conn, model, quality.get("decision", {})),
         "change": change,
@@ -299,6 +303,12 @@ def _bias_audit(conn: Connection, audit: Any, model: LoadedModel) -> dict[str, A
         "positive": figures.get("positive"),
         "by_feature": by_feature,
     }
+
+
+def _weeks_ago(weeks: int) -> date:
+    """The Monday ``weeks - 1`` weeks before this week's (UTC)."""
+    today = datetime.now(UTC).date()
+    return today - timedelta(days=today.weekday() + 7 * (weeks - 1))
 
 
 def mean_abs(values: np.ndarray, names: list[str]) -> dict[str, float]:
