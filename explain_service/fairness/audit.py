@@ -39,6 +39,7 @@ import pandas as pd
 
 from explain_service.errors import ValidationFailed
 from explain_service.fairness.groups import (
+    JOIN,
     MISSING,
     Edges,
     above_label,
@@ -200,7 +201,7 @@ class CountAccumulator:
         """The counts of one grouping, groups in a stable order (bins in order, categories sorted)."""
         found = self.counts.get(grouping, {})
         keys = sorted(found, key=lambda label: self._order(grouping, label))
-        labels = tuple(" & ".join(k) for k in keys)
+        labels = tuple(JOIN.join(k) for k in keys)
         counts = np.array([found[k] for k in keys], dtype=np.int64).reshape(len(keys), 4)
         return GroupCounts(labels, counts)
 
