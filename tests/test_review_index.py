@@ -170,3 +170,21 @@ def test_concurrent_catch_ups_project_each_record_once(store: AuditStore) -> Non
     assert page.total == 3000 and page.items[0].seq == 3000
     for idx in indexes:
         idx.close()
+
+
+def test_audit_reindex_projects_and_rebuilds(store: AuditStore, url: str) -> None:
+    from click.testing import CliRunner
+
+    from explain_service.cli import main
+
+    append_in_batches(store, (entry(i) for i in range(30)), batch_size=7)
+    runner = CliRunner()
+    result = runner.invoke(main, ["audit", "reindex", "--database-url", url])
+    assert result.exit_code == 0 and "indexed 30 records" in result.output, result.output
+    result = runner.invoke(main, ["audit", "reindex", "--database-url", url])
+    assert "indexed 0 records" in result.output
+    result = runner.invoke(main, ["audit", "reindex", "--rebuild", "--database-url", url])
+    assert "indexed 30 records" in result.output
+    index = TrailIndex(store)
+    assert index.search(limit=1).total == 30
+    index.close()

@@ -19,6 +19,15 @@ model stays suspended if its record cannot be written.
 Every worker and host reads the state through :meth:`Suspensions.active`, cached per process for at
 most :data:`CACHE_SECONDS` (one query per model name per second per worker), so a suspension is obeyed
 everywhere within that time plus one round trip.
+
+Public interface (stable; the reviewer pages build on it)::
+
+    suspensions = Suspensions(store)             # app.extensions["explain"].suspensions in the app
+    suspensions.active(name, version) -> Suspension | None   # cached <= 1 s; what the request path asks
+    suspensions.of_model(name) -> list[Suspension]           # read now; the whole model's first
+    suspensions.suspend(name, version | None, reason, by=) -> Suspension   # SuspensionError if already
+    suspensions.resume(name, version | None, by=, reason="") -> Suspension  # SuspensionError if not
+    Suspension(name, version, reason, by, since, record_id).scope -> "model" | "version"
 """
 
 from __future__ import annotations
@@ -26,6 +35,8 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -35,7 +46,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from explain_service.audit.backends import postgresql_engine, sqlite_engine
 from explain_service.audit.chain import AuditEntry, utc_text
-from explain_service.audit.errors import AuditWriteError
+from explain_service.audit.errors import AuditUnavailableError, AuditWriteError, driver_reason
 from explain_service.audit.store import AuditStore
 
 CACHE_SECONDS = 1.0
@@ -135,7 +146,7 @@ class Suspensions:
         key = version or WHOLE_MODEL
         since = utc_text(datetime.now(UTC))
         try:
-            with self._ready_engine().begin() as conn:
+            with _unavailable(), self._ready_engine().begin() as conn:
                 conn.execute(
                     insert(suspensions).values(name=name, version=key, reason=reason, by=by, since=since)
                 )
@@ -144,7 +155,7 @@ class Suspensions:
         self._cache.pop(name, None)
         # The suspension stands even if its record cannot be written: stopping is the safe side.
         record_id = self._record("suspend", name, version, reason, by)
-        with self._ready_engine().begin() as conn:
+        with _unavailable(), self._ready_engine().begin() as conn:
             conn.execute(
                 update(suspensions)
                 .where(suspensions.c.name == name, suspensions.c.version == key)
@@ -155,21 +166,23 @@ class Suspensions:
     def resume(self, name: str, version: str | None, *, by: str | None, reason: str = "") -> Suspension:
         """Lift the suspension of ``name`` (its whole-model one when ``version`` is None); return it."""
         key = version or WHOLE_MODEL
-        with self._ready_engine().connect() as conn:
+        with _unavailable(), self._ready_engine().connect() as conn:
             row = conn.execute(
                 select(suspensions).where(suspensions.c.name == name, suspensions.c.version == key)
             ).first()
         if row is None:
             raise SuspensionError(f"{_what(name, version)} is not suspended")
         self._record("resume", name, version, reason.strip(), by)  # recorded first: no record, no resumption
-        with self._ready_engine().begin() as conn:
+        with _unavailable(), self._ready_engine().begin() as conn:
             conn.execute(delete(suspensions).where(suspensions.c.name == name, suspensions.c.version == key))
         self._cache.pop(name, None)
         return _suspension(row)
 
     # -- internals -----------------------------------------------------------------------------------
     def _read(self, name: str) -> dict[str, Suspension]:
-        with self._ready_engine().connect() as conn:
+        """The suspensions of ``name``; an unreadable database is an :class:`AuditUnavailableError` (503):
+        a model whose state cannot be read is not served, as a key that cannot be checked is refused."""
+        with _unavailable(), self._ready_engine().connect() as conn:
             rows = conn.execute(select(suspensions).where(suspensions.c.name == name)).all()
         return {row.version: _suspension(row) for row in rows}
 
@@ -209,6 +222,19 @@ class Suspensions:
                             raise
                     self._ready = True
         return self._engine
+
+
+@contextmanager
+def _unavailable() -> Iterator[None]:
+    """A database error as :class:`AuditUnavailableError` (a 503 that never names the database); a
+    constraint violation passes through for the caller to explain."""
+    try:
+        yield
+    except IntegrityError:
+        raise
+    except SQLAlchemyError as exc:
+        reason, detail = driver_reason(exc)
+        raise AuditUnavailableError(reason, detail=detail) from exc
 
 
 def _what(name: str, version: str | None) -> str:
