@@ -164,3 +164,47 @@ def test_gauges_on_metrics_equal_counts_of_the_served_records(
         expected = rates["mean"].min() / rates["mean"].max()
         assert ratio == pytest.approx(expected, abs=1e-12) and not math.isnan(ratio)
         assert gauges[("explain_disparity_alert", tuple(sorted(base.items())))] == alert
+
+
+def test_workers_catching_up_at_once_count_each_record_once(tmp_path: Path, url: str) -> None:
+    """Four workers' tallies fold the same trail in parallel: the counts equal one count of the records."""
+    import threading
+
+    from explain_service.audit.bulk import append_in_batches
+    from explain_service.audit.store import AuditEntry
+    from explain_service.audit.tally import Tally
+
+    store = AuditStore(url)
+    rng = np.random.default_rng(3)
+    sexes = rng.choice(["female", "male"], 3000)
+    labels = rng.choice(["good", "bad"], 3000)
+    entries = (
+        AuditEntry(
+            {
+                "kind": "explanation",
+                "instance": {"sex": s, "age": 30},
+                "explanation": {"prediction": {"label": y}},
+            },
+            "credit",
+            "1",
+            "0" * 64,
+        )
+        for s, y in zip(sexes, labels, strict=True)
+    )
+    append_in_batches(store, entries, batch_size=500)
+    lookup = {("credit", "1"): Monitored({"sex": None}, "good")}
+    tallies = [Tally(AuditStore(url), [DisparityCounts(lambda n, v: lookup.get((n, v)))]) for _ in range(4)]
+    threads = [
+        threading.Thread(target=t.catch_up, kwargs={"force": True, "max_records": None}) for t in tallies
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    with tallies[0].connect() as conn:
+        groups = disparity(conn, "credit", "1", DisparitySettings(min_group=1))["by_feature"]["sex"]["groups"]
+    for sex in ("female", "male"):
+        mine = sexes == sex
+        assert groups[sex]["decisions"] == mine.sum()
+        assert groups[sex]["favourable"] == (labels[mine] == "good").sum()
+    assert sum(t.catch_up(force=True) for t in tallies) == 0  # nothing left to fold in

@@ -118,6 +118,9 @@ def test_the_report_page_renders_its_images_load_and_its_figures_equal_the_json(
         "disparity.by_feature.sex.demographic_parity_ratio",
     } <= paths
     assert report["oversight"]["overrides"] == 1 and report["disparity"]["alert"] is True
+    pdf = page.request.get("/review/models/german-credit/report.pdf")
+    assert pdf.status == 200 and pdf.headers["content-type"] == "application/pdf"
+    assert pdf.body().startswith(b"%PDF-") and len(pdf.body()) > 50_000  # the two charts are in it
     assert page.dialogs == []
 
 
