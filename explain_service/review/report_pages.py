@@ -205,7 +205,7 @@ def incident(incident_id: str) -> Response:
     if not is_incident(record):
         raise NotFound(f"No incident with id {incident_id[:64]!r}")
     assert record is not None
-    html = render_template("review/incident.html", incident=incident_json(record), has_detail=True)
+    html = render_template("review/incident.html", incident=incident_json(record))
     return Response(html, mimetype="text/html")
 
 
