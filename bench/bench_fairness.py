@@ -206,6 +206,7 @@ def main() -> None:
 | 250,000 | 50,000 | {runs["ours_small"]["seconds"]:.1f} | {runs["ours_small"]["peak_mb"]:.0f} |
 
 - 4x the rows at the same chunk size: **{ours["peak_mb"] / runs["ours_small"]["peak_mb"]:.2f}x** the peak memory.
+- Load average at the end of the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; on a shared machine single-run times vary, peak memory does not.
 
 ### Bootstrap
 

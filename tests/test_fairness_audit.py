@@ -284,3 +284,60 @@ def test_cli_refuses_bad_arguments_by_name(
     ]
     result = CliRunner().invoke(main, args)
     assert result.exit_code != 0 and message in result.output, result.output
+
+
+def test_a_stored_audit_is_verified_by_running_it_again(
+    german, demo_models_dir: Path, tmp_path: Path
+) -> None:
+    _, frame, root = german
+    db = f"sqlite:///{tmp_path / 'audit.sqlite3'}"
+    common = ["--models-dir", str(demo_models_dir), "--database-url", db]
+    first = CliRunner().invoke(
+        main,
+        [
+            "fairness",
+            "--model",
+            "german-credit",
+            "--data",
+            str(root / "german.parquet"),
+            "--label",
+            "risk",
+            "--intersect",
+            "--seed",
+            "5",
+            "--resamples",
+            "100",
+            "--output",
+            str(tmp_path / "a.json"),
+            *common,
+        ],
+    )
+    assert first.exit_code == 0, first.output
+    record_id = orjson.loads((tmp_path / "a.json").read_bytes())["id"]
+    ok = CliRunner().invoke(
+        main,
+        [
+            "fairness",
+            "--verify",
+            record_id,
+            "--data",
+            str(root / "german.parquet"),
+            "--chunk-size",
+            "123",
+            *common,
+        ],
+    )
+    assert ok.exit_code == 0 and f"verified {record_id}" in ok.output, ok.output
+    changed = frame.copy()
+    changed.loc[0, "risk"] = "bad" if changed.loc[0, "risk"] == "good" else "good"
+    changed.to_parquet(tmp_path / "changed.parquet", index=False)
+    bad = CliRunner().invoke(
+        main, ["fairness", "--verify", record_id, "--data", str(tmp_path / "changed.parquet"), *common]
+    )
+    assert bad.exit_code == 1 and "data sha256" in bad.output, bad.output
+    missing = CliRunner().invoke(
+        main, ["fairness", "--verify", "nope", "--data", str(root / "german.csv"), *common]
+    )
+    assert missing.exit_code != 0 and "no audit record 'nope'" in missing.output
+    with AuditStore(db) as store:
+        assert store.count() == 1  # verifying stores nothing

@@ -78,6 +78,8 @@ class AuditPlan:
     def request(self) -> dict[str, Any]:
         """The parameters that shaped the audit, for its record."""
         return {
+            # A record's JSON has sorted keys: the list keeps the order that names intersections.
+            "features": list(self.sensitive),
             "sensitive": {k: (list(v) if v is not None else None) for k, v in self.sensitive.items()},
             "positive": self.positive,
             "intersect": self.intersect,

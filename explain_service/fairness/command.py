@@ -34,6 +34,11 @@ bin edges they were registered with, or by --bins FEATURE=E1,E2,... .
 The audit is stored as a record of the audit chain (kind "fairness": model
 sha256, data sha256, figures); its id is the answer's "id". The file is read
 in chunks (--chunk-size); the figures do not depend on the chunk size.
+
+\b
+--verify ID --data F reruns a stored audit with its own parameters on F and
+exits 0 when the model, the data's sha256 and every figure match the record,
+1 naming what differs (nothing is stored).
 """
 
 
@@ -53,7 +58,7 @@ def _parse_bins(values: tuple[str, ...]) -> dict[str, list[float]]:
 
 
 @click.command("fairness", help=HELP, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--model", "model_ref", required=True, metavar="NAME[@VERSION]", help="registered model")
+@click.option("--model", "model_ref", default=None, metavar="NAME[@VERSION]", help="registered model")
 @click.option(
     "--data",
     "data_path",
@@ -61,7 +66,7 @@ def _parse_bins(values: tuple[str, ...]) -> dict[str, list[float]]:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="labelled rows (.csv or .parquet)",
 )
-@click.option("--label", required=True, metavar="COLUMN", help="column of true class names")
+@click.option("--label", default=None, metavar="COLUMN", help="column of true class names")
 @click.option("--sensitive", default=None, metavar="F1[,F2]", help="features or columns to group by")
 @click.option("--bins", multiple=True, metavar="FEATURE=E1,E2,...", help="bin edges of a numeric feature")
 @click.option("--intersect", is_flag=True, help="also audit the intersection of the sensitive features")
@@ -74,10 +79,13 @@ def _parse_bins(values: tuple[str, ...]) -> dict[str, list[float]]:
 @click.option("--chunk-size", type=click.IntRange(min=1), default=50_000, show_default=True)
 @click.option("--models-dir", default=None, help="default: $EXPLAIN_MODELS_DIR or models/")
 @click.option("--database-url", default=None, help="audit store (default: $EXPLAIN_DATABASE_URL)")
+@click.option(
+    "--verify", "verify_id", default=None, metavar="RECORD_ID", help="rerun a stored audit on --data"
+)
 def fairness(
-    model_ref: str,
+    model_ref: str | None,
     data_path: Path,
-    label: str,
+    label: str | None,
     sensitive: str | None,
     bins: tuple[str, ...],
     intersect: bool,
@@ -88,7 +96,14 @@ def fairness(
     chunk_size: int,
     models_dir: str | None,
     database_url: str | None,
+    verify_id: str | None,
 ) -> None:
+    settings = Settings.from_env(models_dir=models_dir, database_url=database_url)
+    if verify_id is not None:
+        _verify(settings, verify_id, data_path, chunk_size)
+        return
+    if model_ref is None or label is None:
+        raise click.UsageError("--model and --label are required (unless --verify)")
     from explain_service.audit.store import AuditStore
     from explain_service.errors import ServiceError
     from explain_service.fairness.audit import AuditPlan, answer, positive_class, resolve_sensitive
@@ -97,7 +112,6 @@ def fairness(
     from explain_service.registry.store import ModelRegistry
 
     name, _, version = model_ref.partition("@")
-    settings = Settings.from_env(models_dir=models_dir, database_url=database_url)
     names = [s.strip() for s in sensitive.split(",") if s.strip()] if sensitive else None
     try:
         model = ModelRegistry(settings.models_dir).get(name, version or None)
@@ -130,6 +144,38 @@ def fairness(
 
         html_path.write_text(render_audit_html(result), encoding="utf-8")
     click.echo(_summary(result), err=True)
+
+
+def _verify(settings: Settings, record_id: str, data_path: Path, chunk_size: int) -> None:
+    """Rerun the stored audit ``record_id`` on ``data_path``; exit 1 naming what differs."""
+    from explain_service.audit.store import AuditError, AuditStore
+    from explain_service.errors import ServiceError
+    from explain_service.fairness.audit import answer
+    from explain_service.fairness.data import audit_file
+    from explain_service.fairness.record import differences, replay_plan
+    from explain_service.registry.store import ModelRegistry
+
+    try:
+        with AuditStore(settings.database_url, create=False) as store:  # type: ignore[arg-type]
+            record = store.get(record_id)
+        if record is None:
+            raise click.ClickException(f"no audit record {record_id!r}")
+        plan, label = replay_plan(record)
+        model = ModelRegistry(settings.models_dir).get(record.model_name, record.model_version)
+        if label is None:
+            raise click.ClickException(f"record {record_id} audited labels sent over HTTP, not a file")
+        acc, data = audit_file(model, data_path, label, plan, chunk_size=chunk_size)
+    except (AuditError, ValueError) as exc:  # InputError is a ValueError
+        raise click.ClickException(str(exc)) from None
+    except ServiceError as exc:
+        raise click.ClickException(_message(exc)) from None
+    found = differences(record, model, answer(model, acc, label, data))
+    if found:
+        click.echo(f"MISMATCH {record_id}: " + "; ".join(found), err=True)
+        sys.exit(1)
+    click.echo(
+        f"verified {record_id}: {model.name}@{model.version}, data sha256 {data['sha256'][:16]}, figures equal"
+    )
 
 
 def _message(exc: Any) -> str:
