@@ -39,6 +39,7 @@ import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any, Literal
 
 import orjson
@@ -72,7 +73,15 @@ from explain_service.audit.reviews import (
     review_entry,
 )
 from explain_service.audit.schema import records
-from explain_service.audit.search import Filters, IndexedRecord, Page, filter_clauses, indexed, review_event
+from explain_service.audit.search import (
+    Filters,
+    IndexedRecord,
+    Page,
+    filter_clauses,
+    indexed,
+    micros,
+    review_event,
+)
 from explain_service.audit.store import AuditStore
 from explain_service.errors import AuditUnavailable
 from explain_service.quality import quality_flags
@@ -332,6 +341,7 @@ def _explanation_row(row: Any, body: dict[str, Any]) -> dict[str, Any]:
         "seq": row.seq,
         "id": row.id,
         "created_at": row.created_at,
+        "created_us": micros(datetime.fromisoformat(row.created_at)),
         "model_name": row.model_name,
         "model_version": row.model_version,
         "caller": row.caller,

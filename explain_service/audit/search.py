@@ -9,7 +9,7 @@ Unknown statuses or flags are a 422 naming ``status`` or ``flags``.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -21,7 +21,9 @@ from explain_service.audit.reviews import STATUSES, ReviewEvent
 from explain_service.errors import ValidationFailed
 from explain_service.quality import QUALITY_FLAGS
 
-__all__ = ["Filters", "IndexedRecord", "Page", "filter_clauses", "indexed", "review_event"]
+__all__ = ["Filters", "IndexedRecord", "Page", "filter_clauses", "indexed", "micros", "review_event"]
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -111,9 +113,9 @@ def filter_clauses(filters: Filters) -> list[ColumnElement[bool]]:
     }
     clauses.extend(column == value for column, value in equal.items() if value is not None)
     if filters.since is not None:
-        clauses.append(e.created_at >= utc_text(filters.since))
+        clauses.append(e.created_us >= micros(filters.since))
     if filters.until is not None:
-        clauses.append(e.created_at < utc_text(filters.until))
+        clauses.append(e.created_us < micros(filters.until))
     if len(filters.statuses) == 1:
         clauses.append(e.status == filters.statuses[0])
     elif filters.statuses:
@@ -122,6 +124,12 @@ def filter_clauses(filters: Filters) -> list[ColumnElement[bool]]:
     if filters.review_required is not None:
         clauses.append(e.review_required if filters.review_required else ~e.review_required)
     return clauses
+
+
+def micros(moment: datetime) -> int:
+    """An aware datetime as whole microseconds since 1970-01-01 UTC (how the index stores times)."""
+    delta = moment - EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def _decoded(value: str | None) -> Any:
