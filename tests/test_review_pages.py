@@ -7,6 +7,7 @@ The browser-level checks (images load, no script runs, screenshots) are in
 from __future__ import annotations
 
 import re
+from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -220,6 +221,17 @@ def test_the_list_filters_by_model_and_flag_and_pages_by_keyset(site) -> None:
     html = client.get("/review/?model=german-credit-linear&order=oldest").get_data(as_text=True)
     assert re.findall(r'href="/review/explanations/([0-9a-f]+)"', html) == ids["german-credit-linear"]
     assert client.get("/review/?from=yesterday&status=lost").status_code == 422
+    today = (
+        site["app"].extensions["explain"].index.get(ids["german-credit"][0]).created_at.astimezone(UTC).date()
+    )
+    for since, until, expected in (
+        (today, today, 4),
+        (today + timedelta(days=1), None, 0),
+        (None, today - timedelta(days=1), 0),
+    ):
+        query = "&".join(f"{k}={v}" for k, v in (("from", since), ("to", until)) if v is not None)
+        html = client.get(f"/review/?{query}").get_data(as_text=True)
+        assert len(re.findall(r'href="/review/explanations/([0-9a-f]+)"', html)) == expected, query
 
 
 def test_keyset_pages_cover_every_record_once(site, monkeypatch) -> None:
@@ -335,3 +347,33 @@ def test_an_admin_suspends_and_resumes_a_model_version_from_its_record(site) -> 
         ("resume", "admin-1"),
         ("suspend", "admin-1"),
     ]
+
+
+def test_only_the_pages_open_a_session_so_the_api_works_without_the_secret(
+    demo_models_dir: Path, tmp_path
+) -> None:
+    app = make_app(demo_models_dir, tmp_path / "audit.sqlite3", auth="off")
+    client = app.test_client()
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/v1/models").status_code == 200
+    assert app.secret_key is None and "Set-Cookie" not in client.get("/v1/models").headers
+    assert client.get("/review/login").status_code == 200
+    assert app.secret_key is not None
+
+
+def test_pages_answer_503_when_the_secret_cannot_be_read(
+    demo_models_dir: Path, tmp_path, monkeypatch
+) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    from explain_service.review import session as review_session
+
+    def unreachable(*_args: Any) -> str:
+        raise OperationalError("SELECT", {}, Exception("connection refused"))
+
+    monkeypatch.setattr(review_session, "session_secret", unreachable)
+    app = make_app(demo_models_dir, tmp_path / "audit.sqlite3")
+    client = app.test_client()
+    r = client.get("/review/login", headers=HTML)
+    assert r.status_code == 503 and r.mimetype == "text/html"  # a 5xx page shows only its summary
+    assert client.get("/healthz").status_code == 200

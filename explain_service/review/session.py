@@ -18,19 +18,24 @@ time; a POST without it (or with another) is refused with 400 before the view ru
 from __future__ import annotations
 
 import hmac
+import logging
+import re
 import secrets
 import threading
 from datetime import timedelta
 
 from flask import Flask, Request, current_app, request, session
-from flask.sessions import SecureCookieSessionInterface
+from flask.sessions import NullSession, SecureCookieSession, SecureCookieSessionInterface
 from itsdangerous import URLSafeTimedSerializer
+from sqlalchemy.exc import SQLAlchemyError
 
 from explain_service.access import Principal
 from explain_service.access.guard import access_state
 from explain_service.access.rules import at_least
-from explain_service.errors import BadRequest
+from explain_service.errors import BadRequest, Unavailable
 from explain_service.review.secret import check_configured, session_secret
+
+log = logging.getLogger(__name__)
 
 COOKIE_NAME = "explain_review"
 LIFETIME = timedelta(hours=8)
@@ -38,19 +43,35 @@ CSRF_FIELD = "csrf_token"
 PAGE_ROLES = ("review", "admin")
 # Endpoints a session cookie may open besides the pages: the images the pages embed.
 SESSION_ENDPOINTS = frozenset({"explanations.PlotView"})
+# Where a session is opened at all (before routing, so by path; the endpoint check above is the rule).
+SESSION_PATHS = re.compile(r"/review(/|$)|/v1/explanations/[^/]+/plots/")
 
 
 class ReviewSessionInterface(SecureCookieSessionInterface):
-    """Flask's signed-cookie session, with the secret fetched once per process and Secure under TLS."""
+    """Flask's signed-cookie session, opened only where it is used, with the secret fetched once per process.
+
+    Every other request (the JSON API, health probes) gets an empty session that is never signed or
+    sent, so it never waits for the secret, and works while the database does not answer. A page
+    request whose secret cannot be read gets Flask's null session, and its form answers 503.
+    """
 
     _lock = threading.Lock()
+
+    def open_session(self, app: Flask, request: Request) -> SecureCookieSession | None:
+        if not SESSION_PATHS.match(request.path):
+            return self.session_class()
+        return super().open_session(app, request)
 
     def get_signing_serializer(self, app: Flask) -> URLSafeTimedSerializer | None:
         if not app.secret_key:
             with self._lock:
                 if not app.secret_key:
                     settings = app.extensions["explain"].settings
-                    app.secret_key = session_secret(settings.secret_key, settings.database_url)
+                    try:
+                        app.secret_key = session_secret(settings.secret_key, settings.database_url)
+                    except SQLAlchemyError as exc:
+                        log.error("the session secret cannot be read from the audit database: %s", exc)
+                        return None
         return super().get_signing_serializer(app)
 
     def get_cookie_secure(self, app: Flask) -> bool:
@@ -87,8 +108,14 @@ def session_principal() -> Principal | None:
     return Principal(key.name, key.role)
 
 
+def _require_session() -> None:
+    if isinstance(session, NullSession):
+        raise Unavailable("Sign-in is unavailable: the audit database does not answer; retry shortly")
+
+
 def log_in(name: str, role: str) -> None:
     """Start a fresh session for key ``name`` (a new CSRF token: nothing from before login survives)."""
+    _require_session()
     session.clear()
     session.permanent = True
     session["key"] = name
@@ -102,6 +129,7 @@ def log_out() -> None:
 
 def csrf_token() -> str:
     """This session's CSRF token (created on first use, so the login form has one too)."""
+    _require_session()
     token = session.get(CSRF_FIELD)
     if not token:
         token = secrets.token_urlsafe(32)
@@ -113,6 +141,7 @@ def check_csrf() -> None:
     """Refuse a state-changing request to a page whose form token is missing or wrong (400)."""
     if request.method in ("GET", "HEAD", "OPTIONS"):
         return
+    _require_session()
     expected = session.get(CSRF_FIELD)
     sent = request.form.get(CSRF_FIELD, "")
     if not expected or not sent or not hmac.compare_digest(str(expected), sent):
