@@ -197,3 +197,26 @@ def test_the_incidents_commands_export_and_verify(served, tmp_path: Path, demo_m
     target.write_bytes(text)
     result = runner.invoke(main, ["incidents", "verify", str(target)])
     assert result.exit_code == 1 and "does not match its chain hash" in result.output
+
+
+def test_personal_and_sensitive_features_of_the_manifest_are_withheld(tmp_path: Path) -> None:
+    import numpy as np
+    import pandas as pd
+    from sklearn.linear_model import LogisticRegression
+
+    from explain_service.audit.incident_export import manifest_withheld
+    from explain_service.errors import RegistrationError
+    from explain_service.registry.store import register_model
+
+    rng = np.random.default_rng(0)
+    model_frame = pd.DataFrame({"income": rng.normal(size=80), "postcode": rng.integers(1000, 9999, 80)})
+    model = LogisticRegression().fit(model_frame, model_frame["income"] > 0)
+    models = tmp_path / "models"
+    manifest = register_model(
+        model, "toy", background=model_frame, models_dir=models, personal=["postcode"], owner="Risk team"
+    )
+    assert manifest.personal == ("postcode",) and manifest.owner == "Risk team"
+    assert manifest_withheld(str(models), ["income"])("toy", "1") == {"postcode", "income"}
+    assert manifest_withheld(str(models))("toy", "2") is None  # no such version: withhold everything
+    with pytest.raises(RegistrationError, match="personal features \\['zip'\\]"):
+        register_model(model, "toy", background=model_frame, models_dir=models, personal=["zip"])
