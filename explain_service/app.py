@@ -13,7 +13,7 @@ from explain_service.audit.projections import TrailIndex
 from explain_service.audit.recorder import AuditRecorder
 from explain_service.audit.store import AuditStore
 from explain_service.audit.suspensions import Suspensions
-from explain_service.audit.tally import Tally
+from explain_service.audit.tally import Projection, Tally
 from explain_service.config import Settings
 from explain_service.fairness.monitor import DisparityCounts, DisparitySettings, manifest_lookup
 from explain_service.jsonio import OrjsonProvider
@@ -21,6 +21,11 @@ from explain_service.logs import configure_app_logging
 from explain_service.plots.render import PlotCache
 from explain_service.registry.store import ModelRegistry
 from explain_service.service import ExplainService
+
+
+def derived_tables(models_dir: str) -> list[Projection]:
+    """The projections of the chain kept beside the trail index (see :mod:`explain_service.audit.tally`)."""
+    return [IncidentIndex(), DisparityCounts(manifest_lookup(models_dir)), QualityCounts(), RecordKinds()]
 
 
 class Services:
@@ -41,8 +46,9 @@ class Services:
         self.disparity = DisparitySettings(
             settings.disparity_threshold, settings.disparity_window_days, settings.disparity_min_group
         )
-        disparity = DisparityCounts(manifest_lookup(settings.models_dir))
-        self.tally = Tally(self.audit, [IncidentIndex(), disparity, QualityCounts(), RecordKinds()])
+        self.tally = Tally(
+            self.audit, derived_tables(settings.models_dir)
+        )  # incidents, disparity, report counts
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:

@@ -208,3 +208,43 @@ def test_workers_catching_up_at_once_count_each_record_once(tmp_path: Path, url:
         assert groups[sex]["decisions"] == mine.sum()
         assert groups[sex]["favourable"] == (labels[mine] == "good").sum()
     assert sum(t.catch_up(force=True) for t in tallies) == 0  # nothing left to fold in
+
+
+def test_audit_reindex_rebuild_restores_the_counts(
+    demo_models_dir: Path, tmp_path: Path, sqlite_url: str
+) -> None:
+    from click.testing import CliRunner
+    from sqlalchemy import delete
+
+    from explain_service.cli import main
+    from explain_service.fairness.monitor import disparity_counts
+
+    app = create_app(
+        {
+            "models_dir": str(demo_models_dir),
+            "database_url": sqlite_url,
+            "plots_dir": str(tmp_path / "plots"),
+            "eager_load": False,
+            **OPEN_ACCESS,
+        }
+    )
+    rows = rows_as_dicts(ModelRegistry(demo_models_dir).get("german-credit").background.iloc[:20])
+    assert (
+        app.test_client().post("/v1/models/german-credit:explain", json={"instances": rows}).status_code
+        == 200
+    )
+    tally = app.extensions["explain"].tally
+    tally.catch_up(force=True)
+    with tally.connect() as conn:
+        before = disparity(conn, "german-credit", "1")["by_feature"]
+        conn.execute(delete(disparity_counts))  # a derived table lost (or edited): rebuilt from the chain
+        conn.commit()
+        assert disparity(conn, "german-credit", "1")["by_feature"] == {}
+    env = {"EXPLAIN_MODELS_DIR": str(demo_models_dir)}
+    result = CliRunner().invoke(
+        main, ["audit", "reindex", "--rebuild", "--database-url", sqlite_url], env=env
+    )
+    assert result.exit_code == 0, result.output
+    with tally.connect() as conn:
+        assert disparity(conn, "german-credit", "1")["by_feature"] == before
+    assert sum(g["decisions"] for g in before["sex"]["groups"].values()) == 20

@@ -25,7 +25,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Protocol
 
-from sqlalchemy import Connection, Engine, Table, func, insert, select, text, update
+from sqlalchemy import Connection, Engine, Table, delete, func, insert, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from explain_service.audit.backends import _IMMEDIATE, postgresql_engine, sqlite_engine
@@ -103,6 +103,17 @@ class Tally:
                 raise AuditUnavailableError(reason, detail=detail) from exc
             self._last = time.monotonic()
             return read
+
+    def rebuild(self) -> int:
+        """Empty every projection's tables, set its cursor to 0 and fold the whole chain in again."""
+        with self._lock:
+            self._ensure_tables()
+            with self._locked() as conn:
+                for projection in self.projections:
+                    for table in projection.tables:
+                        conn.execute(delete(table))
+                    conn.execute(update(state).where(state.c.name == projection.name).values(last_seq=0))
+        return self.catch_up(force=True, max_records=None)
 
     def _catch_up_one(self, projection: Projection, max_records: int | None) -> int:
         read = 0
