@@ -188,3 +188,21 @@ def test_audit_reindex_projects_and_rebuilds(store: AuditStore, url: str) -> Non
     index = TrailIndex(store)
     assert index.search(limit=1).total == 30
     index.close()
+
+
+def test_an_index_of_another_format_is_rebuilt_from_the_chain(store: AuditStore, index: TrailIndex) -> None:
+    from sqlalchemy import create_engine, update
+
+    from explain_service.audit.index_tables import FORMAT, explanations, state
+
+    store.append([entry(i) for i in range(5)])
+    assert index.search().total == 5
+    engine = create_engine(store.url)
+    with engine.begin() as conn:  # an older version's index: another format, and a row it got wrong
+        conn.execute(update(state).where(state.c.name == FORMAT).values(value=1))
+        conn.execute(update(explanations).values(label="stale"))
+    engine.dispose()
+    fresh = TrailIndex(store)
+    page = fresh.search()
+    assert page.total == 5 and {item.label for item in page.items} == {"good"}
+    fresh.close()

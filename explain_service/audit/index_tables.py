@@ -11,8 +11,8 @@ dropping these tables loses nothing (the next read builds them again from the ch
     audit_index_reviews        one row per review record, for a record's history
     seq │ id │ record_id │ created_at │ action │ comment │ decision │ by │ role
 
-    audit_index_state          how far along the chain the index has read
-    name ("trail") │ last_seq
+    audit_index_state          name -> value: "trail" the last seq read, "explanations" how many
+    name │ value                  explanation rows there are (the unfiltered total), "format" the tables' format
 
 ``decision`` is the override's decision as JSON text (a class name, or a number for a regressor).
 ``queue_seq`` is set while a record is in the reviewers' queue (flagged, escalated, or it needs a review
@@ -107,7 +107,9 @@ state = Table(
     "audit_index_state",
     metadata,
     Column("name", String(16), primary_key=True),
-    Column("last_seq", BigInteger, nullable=False),
+    Column("value", BigInteger, nullable=False),
 )
 
 TRAIL = "trail"
+COUNT = "explanations"
+FORMAT = "format"

@@ -5,16 +5,18 @@ The chain (``audit_records``) stays the only evidence and its append path is not
 
     audit_records ──(seq > last_seq, in order, contiguous)──► catch_up ──► audit_index_explanations
                                                                       ├──► audit_index_reviews
-                                                                      └──► audit_index_state.last_seq
+                                                                      └──► audit_index_state: last seq, count
 
 :meth:`TrailIndex.catch_up` reads the records after ``last_seq`` in batches; each batch is projected and
-``last_seq`` advanced in one transaction, under a lock (PostgreSQL: the advisory lock
-:data:`INDEX_LOCK_KEY`, not the chain's; SQLite: the file's write lock), re-reading ``last_seq`` once the
-lock is held. So several workers and hosts may call it at once: each record is projected exactly once,
-and a batch either lands whole or not at all. It stops at the first gap in ``seq`` (a record still being
-committed) and takes it up on the next call. Reads call it first, so the list, the queue and a record's
-status include everything appended before the read (a trail far behind, e.g. just bulk-loaded, is
-projected at most ``read_catch_up`` records per read; ``explain-service audit reindex`` does it all).
+``last_seq`` (with the count of explanations, the unfiltered total) advanced in one transaction, under a
+lock (PostgreSQL: the advisory lock :data:`INDEX_LOCK_KEY`, not the chain's; SQLite: the file's write
+lock), re-reading ``last_seq`` once the lock is held. So several workers and hosts may call it at once:
+each record is projected exactly once, and a batch either lands whole or not at all. It stops at the
+first gap in ``seq`` (a record still being committed) and takes it up on the next call. An index made by
+another version of the code (its format row differs) is dropped and projected again on first use. Reads
+call it first, so the list, the queue and a record's status include everything appended before the read
+(a trail far behind, e.g. just bulk-loaded, is projected at most ``read_catch_up`` records per read;
+``explain-service audit reindex`` does it all).
 :meth:`TrailIndex.rebuild` empties the index and projects the chain again.
 
 Public interface (stable; the reviewer pages, fairness and incident reports build on it)::
@@ -62,7 +64,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from explain_service.audit.backends import _IMMEDIATE, postgresql_engine, sqlite_engine
 from explain_service.audit.chain import StoredRecord
 from explain_service.audit.errors import AuditUnavailableError, AuditWriteError, driver_reason
-from explain_service.audit.index_tables import TRAIL, explanations, metadata, reviews, state
+from explain_service.audit.index_tables import COUNT, FORMAT, TRAIL, explanations, metadata, reviews, state
 from explain_service.audit.reviews import (
     QUEUED,
     UNREVIEWED,
@@ -91,6 +93,7 @@ __all__ = ["INDEX_LOCK_KEY", "Filters", "IndexedRecord", "Page", "TrailIndex"]
 INDEX_LOCK_KEY = 0x6175646974696478  # b"auditidx": the index's own advisory lock, never the chain's
 BATCH = 1000
 READ_CATCH_UP = 50_000
+INDEX_FORMAT = 3  # raise it when the index tables change: an index of another format is rebuilt
 _MAX_PAGE = 500
 
 
@@ -126,7 +129,7 @@ class TrailIndex:
                 with self._engine.connect() as conn:
                     last, head = conn.execute(
                         select(
-                            select(state.c.last_seq).where(state.c.name == TRAIL).scalar_subquery(),
+                            select(state.c.value).where(state.c.name == TRAIL).scalar_subquery(),
                             select(func.max(records.c.seq)).scalar_subquery(),
                         )
                     ).one()
@@ -145,12 +148,12 @@ class TrailIndex:
             with self._locked() as conn:
                 conn.execute(delete(explanations))
                 conn.execute(delete(reviews))
-                conn.execute(update(state).where(state.c.name == TRAIL).values(last_seq=0))
+                conn.execute(update(state).where(state.c.name.in_([TRAIL, COUNT])).values(value=0))
         return self.catch_up()
 
     def _project_batch(self) -> int:
         with self._locked() as conn:
-            last = int(conn.execute(select(state.c.last_seq).where(state.c.name == TRAIL)).scalar_one())
+            last = int(conn.execute(select(state.c.value).where(state.c.name == TRAIL)).scalar_one())
             query = (
                 select(records.c.seq, records.c.id, records.c.created_at, records.c.model_name,
                        records.c.model_version, records.c.caller, records.c.body)
@@ -169,13 +172,16 @@ class TrailIndex:
                     rows.append(_explanation_row(row, body))
                 elif kind == "review" and isinstance(body.get("record_id"), str):
                     events.append(_review_row(row, body))
-            if rows:
+            if rows:  # each record is projected once (under the lock, after last_seq), so the count is exact
                 conn.execute(self._insert(explanations).on_conflict_do_nothing(), rows)
+                conn.execute(
+                    update(state).where(state.c.name == COUNT).values(value=state.c.value + len(rows))
+                )
             if events:
                 conn.execute(self._insert(reviews).on_conflict_do_nothing(), events)
                 _apply_reviews(conn, events)
-            before = conn.execute(select(state.c.last_seq).where(state.c.name == TRAIL)).scalar_one()
-            conn.execute(update(state).where(state.c.name == TRAIL).values(last_seq=last))
+            before = conn.execute(select(state.c.value).where(state.c.name == TRAIL)).scalar_one()
+            conn.execute(update(state).where(state.c.name == TRAIL).values(value=last))
             return last - int(before)
 
     # -- reading ------------------------------------------------------------------------------------
@@ -202,7 +208,7 @@ class TrailIndex:
         if after is not None:
             query = query.where(seq < after if order == "desc" else seq > after)
         query = query.order_by(seq.desc() if order == "desc" else seq.asc()).limit(limit + 1)
-        return self._page(query, clauses, limit, count, lambda item: item.seq)
+        return self._page(query, clauses, limit, count, lambda item: item.seq, unfiltered=not clauses)
 
     def queue(
         self, *, after: int | None = None, limit: int = 50, model_name: str | None = None, count: bool = True
@@ -271,11 +277,15 @@ class TrailIndex:
         return ReviewEvent.from_record(stored[0])
 
     # -- internals ----------------------------------------------------------------------------------
-    def _page(self, query: Any, clauses: list[Any], limit: int, count: bool, key: Any) -> Page:
+    def _page(
+        self, query: Any, clauses: list[Any], limit: int, count: bool, key: Any, unfiltered: bool = False
+    ) -> Page:
         with self._reading() as conn:
             items = [indexed(row) for row in conn.execute(query)]
             total = None
-            if count:
+            if count and unfiltered:  # kept by the projection: no scan of a million rows for the first page
+                total = int(conn.execute(select(state.c.value).where(state.c.name == COUNT)).scalar_one())
+            elif count:
                 total = int(
                     conn.execute(select(func.count()).select_from(explanations).where(*clauses)).scalar_one()
                 )
@@ -293,13 +303,24 @@ class TrailIndex:
             if self._ready:
                 return
             self.store.head()  # the chain's own schema first (it creates it on first use)
-            if not inspect(self._engine).has_table(state.name):
-                with self._locked() as conn:
-                    metadata.create_all(conn)
             with self._locked() as conn:
-                present = conn.execute(select(state.c.name).where(state.c.name == TRAIL)).first()
-                if present is None:
-                    conn.execute(insert(state).values(name=TRAIL, last_seq=0))
+                if inspect(conn).has_table(state.name):
+                    columns = {column["name"] for column in inspect(conn).get_columns(state.name)}
+                    found = None
+                    if "value" in columns:
+                        found = conn.execute(select(state.c.value).where(state.c.name == FORMAT)).scalar()
+                    if found != INDEX_FORMAT:  # made by another version: derived, so rebuilt from the chain
+                        metadata.drop_all(conn)
+                if not inspect(conn).has_table(state.name):
+                    metadata.create_all(conn)
+                    conn.execute(
+                        insert(state),
+                        [
+                            {"name": TRAIL, "value": 0},
+                            {"name": COUNT, "value": 0},
+                            {"name": FORMAT, "value": INDEX_FORMAT},
+                        ],
+                    )
             self._ready = True
 
     @contextmanager
