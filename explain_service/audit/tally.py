@@ -1,9 +1,10 @@
 """More derived tables fed from the chain by ``seq``, the way the trail index is (:mod:`.projections`).
 
 A :class:`Projection` names its tables and folds a batch of records into them. :class:`Tally` keeps one
-cursor per projection in the trail index's state table (``audit_index_state``, one row per name) and
-brings each projection up to the chain's head on demand (:meth:`Tally.catch_up`), reading only the
-records after its cursor, in ``seq`` order, in batches::
+cursor per projection (``derived_cursors``: name, last seq; its own table, so the trail index may drop
+and rebuild its tables without touching these) and brings each projection up to the chain's head on
+demand (:meth:`Tally.catch_up`), reading only the records after its cursor, in ``seq`` order, in
+batches::
 
     audit_records ──(seq > cursor, in order, contiguous)──► projection.apply(conn, records) ──► its tables
                                                              └─ same transaction ──► cursor = last seq
@@ -25,19 +26,38 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Protocol
 
-from sqlalchemy import Connection, Engine, Table, delete, func, insert, select, text, update
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    Engine,
+    MetaData,
+    String,
+    Table,
+    delete,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.exc import SQLAlchemyError
 
 from explain_service.audit.backends import _IMMEDIATE, postgresql_engine, sqlite_engine
 from explain_service.audit.chain import StoredRecord
 from explain_service.audit.errors import AuditUnavailableError, driver_reason
-from explain_service.audit.index_tables import metadata as index_metadata
-from explain_service.audit.index_tables import state
 from explain_service.audit.projections import INDEX_LOCK_KEY
 from explain_service.audit.schema import COLUMNS, raw_record, records
 from explain_service.audit.store import AuditStore
 
 BATCH = 2000
+metadata = MetaData()
+state = Table(
+    "derived_cursors",
+    metadata,
+    Column("name", String(32), primary_key=True),
+    Column("last_seq", BigInteger, nullable=False),
+)
 READ_CATCH_UP = 50_000
 """Records a read folds in at most (per projection); a far-behind table catches up over several reads."""
 
@@ -161,9 +181,7 @@ class Tally:
             return
         self.store.head()  # the chain's own schema first (it creates it on first use)
         with self._locked() as conn:
-            # All of the trail index's tables, not its state table alone: the index takes an existing
-            # state table as the sign that its tables exist.
-            index_metadata.create_all(conn, checkfirst=True)
+            metadata.create_all(conn, checkfirst=True)
             for projection in self.projections:
                 for table in projection.tables:
                     table.create(conn, checkfirst=True)
