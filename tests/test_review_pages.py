@@ -205,6 +205,7 @@ def test_every_page_keeps_the_strict_content_security_policy(site) -> None:
         r = client.get(path)
         assert r.status_code == 200, path
         assert r.headers["Content-Security-Policy"].startswith("default-src 'self'")
+        assert r.headers["Cache-Control"] == "no-store"
         html = r.get_data(as_text=True)
         assert "<style" not in html and " style=" not in html and not re.search(r"<script>(?!</)", html), path
         assert not re.search(r"<script(?![^>]*\bsrc=\"/review/static/)", html), path

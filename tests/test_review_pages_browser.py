@@ -199,6 +199,7 @@ def test_the_list_fits_a_phone_screen(page, site) -> None:
         page.goto(path)
         overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
         assert overflow <= 0, (path, overflow)
+    shot(page, "detail-phone")
 
 
 def review(page: Any, action: str, comment: str, decision: str | None = None) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint
+from flask import Blueprint, Response, request
 
 from explain_service.access import current_principal, has_role
 from explain_service.review import session
@@ -22,6 +22,14 @@ blp = Blueprint(
 @blp.before_request
 def _csrf() -> None:
     session.check_csrf()
+
+
+@blp.after_request
+def _no_store(response: Response) -> Response:
+    # Pages hold personal data and a CSRF token: no shared or back-button cache keeps them.
+    if request.endpoint != "review.static":
+        response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 @blp.context_processor
