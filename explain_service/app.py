@@ -8,11 +8,15 @@ from typing import Any
 from flask import Flask
 
 from explain_service.api.blueprint import configure_url_map
+from explain_service.audit.aggregates import QualityCounts, RecordKinds
+from explain_service.audit.incidents import IncidentIndex
 from explain_service.audit.projections import TrailIndex
 from explain_service.audit.recorder import AuditRecorder
 from explain_service.audit.store import AuditStore
 from explain_service.audit.suspensions import Suspensions
+from explain_service.audit.tally import Projection, Tally
 from explain_service.config import Settings
+from explain_service.fairness.monitor import DisparityCounts, DisparitySettings, manifest_lookup
 from explain_service.jsonio import OrjsonProvider
 from explain_service.logs import configure_app_logging
 from explain_service.plots.render import PlotCache
@@ -20,6 +24,11 @@ from explain_service.registry.store import ModelRegistry
 from explain_service.service import ExplainService
 
 log = logging.getLogger(__name__)
+
+
+def derived_tables(models_dir: str) -> list[Projection]:
+    """The projections of the chain kept beside the trail index (see :mod:`explain_service.audit.tally`)."""
+    return [IncidentIndex(), DisparityCounts(manifest_lookup(models_dir)), QualityCounts(), RecordKinds()]
 
 
 class Services:
@@ -37,6 +46,12 @@ class Services:
         self.suspensions = Suspensions(self.audit)  # the stop button
         self.service = ExplainService(recorder=AuditRecorder(self.audit))
         self.plots = PlotCache(settings.plots_dir)
+        self.disparity = DisparitySettings(
+            settings.disparity_threshold, settings.disparity_window_days, settings.disparity_min_group
+        )
+        self.tally = Tally(
+            self.audit, derived_tables(settings.models_dir)
+        )  # incidents, disparity, report counts
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:

@@ -3,7 +3,7 @@
 Sub-commands reach the same services as the HTTP API, through the same
 factory functions: ``serve``, ``models list|verify|build-demo``, ``batch``,
 ``audit verify|export|reindex``, ``keys create|list|revoke``, ``models suspend|resume|suspensions``,
-``fairness``.
+``fairness``, ``report``, ``incidents export|verify``.
 """
 
 from __future__ import annotations
@@ -20,9 +20,11 @@ from typing import Any, NoReturn
 import click
 
 from explain_service.access.commands import keys
+from explain_service.audit.incident_commands import incidents
 from explain_service.batch.command import batch
 from explain_service.config import Settings
 from explain_service.fairness.command import fairness
+from explain_service.fairness.report_command import report
 from explain_service.logs import configure_app_logging
 
 log = logging.getLogger("explain_service.cli")  # not __name__: that is "__main__" under `python -m`
@@ -442,13 +444,26 @@ def audit_export(database_url: str | None, output: str) -> None:
 @click.option("--database-url", default=None)
 @click.option("--rebuild", is_flag=True, help="empty the index first and project the whole chain again")
 def audit_reindex(database_url: str | None, rebuild: bool) -> None:
-    """Bring the reviewers' search index up to the head of the chain (it is derived; the chain is the evidence)."""
+    """Bring the reviewers' search index up to the head of the chain (it is derived; the chain is the evidence).
+
+    The other derived tables (incidents, live disparity counts, report aggregates) are brought up too.
+    """
+    from explain_service.app import derived_tables
     from explain_service.audit.projections import TrailIndex
     from explain_service.audit.store import AuditError, AuditStore
+    from explain_service.audit.tally import Tally
 
-    index = TrailIndex(AuditStore(database_url or Settings.from_env().database_url))
+    settings = Settings.from_env()
+    store = AuditStore(database_url or settings.database_url)
+    index = TrailIndex(store)
+    tally = Tally(store, derived_tables(settings.models_dir))
     try:
-        read = index.rebuild() if rebuild else index.catch_up()
+        if rebuild:
+            read = index.rebuild()
+            tally.rebuild()
+        else:
+            read = index.catch_up()
+            tally.catch_up(force=True, max_records=None)
     except AuditError as exc:
         _cannot_read(exc)
     click.echo(f"indexed {read} records")
@@ -456,7 +471,9 @@ def audit_reindex(database_url: str | None, rebuild: bool) -> None:
 
 main.add_command(batch)
 main.add_command(keys)
+main.add_command(incidents)
 main.add_command(fairness)
+main.add_command(report)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,9 @@ class Settings:
     model_recheck_seconds: float = 30.0
     model_threads: int = 1
     secret_key: str = ""  # signs the review pages' session cookie; empty: one kept in the database
+    disparity_threshold: float = 0.8  # live demographic parity ratio under which a feature is in alert
+    disparity_window_days: int = 30  # the sliding window of live disparity, in days (today included)
+    disparity_min_group: int = 30  # groups with fewer decisions in the window are shown, not compared
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:

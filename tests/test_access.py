@@ -64,6 +64,8 @@ def test_every_route_has_an_access_rule(secured) -> None:
 
 def _sample_request(rule, record_id: str) -> tuple[str, str, dict | None]:
     values = {"name": "german-credit", "version": "1", "record_id": record_id, "plot": "shap_waterfall"}
+    values["incident_id"] = record_id
+    values["image"] = "importance"
     values["filename"] = "missing.css"
     values["anything"] = "no-such-page"
     path = rule.rule

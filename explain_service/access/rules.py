@@ -57,6 +57,9 @@ RULES: dict[str, Rule] = {
     "fairness.FairnessVersionView": REVIEW,
     "fairness.ImportanceView": REVIEW,
     "fairness.BeeswarmView": REVIEW,
+    "incidents.IncidentsView": REVIEW,
+    "incidents.IncidentView": REVIEW,
+    "reports.ReportView": REVIEW,
     "reviews.ReviewsView": OWNED,  # a calling system reads the overrides of its own records
     "reviews.AddReviewView": REVIEW,
     "suspensions.SuspendView": ADMIN,
@@ -77,6 +80,13 @@ RULES: dict[str, Rule] = {
     "review.add_review": REVIEW,
     "review.verify": REVIEW,
     "review.suspend": ADMIN,
+    "review.model_report": REVIEW,
+    "review.model_report_image": REVIEW,
+    "review.model_report_pdf": REVIEW,
+    "review.open_incident": REVIEW,
+    "review.incident": REVIEW,
+    "review.models": REVIEW,
+    "review.incidents": REVIEW,
 }
 
 UNLISTED = ADMIN

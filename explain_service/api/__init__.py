@@ -10,7 +10,9 @@ from explain_service.api import (
     explanations,
     fairness,
     health,
+    incidents,
     models,
+    reports,
     reviews,
     suspensions,
     telemetry,
@@ -23,6 +25,8 @@ def init_app(app: Flask) -> None:
     api.register_blueprint(health.blp)
     api.register_blueprint(models.blp)
     api.register_blueprint(explanations.blp)
+    api.register_blueprint(incidents.blp)
+    api.register_blueprint(reports.blp)
     api.register_blueprint(fairness.blp)
     api.register_blueprint(reviews.blp)
     api.register_blueprint(suspensions.blp)

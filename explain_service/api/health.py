@@ -11,6 +11,7 @@ from flask.views import MethodView
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from explain_service.api.blueprint import Blueprint
+from explain_service.fairness.gauges import disparity_metrics
 from explain_service.jsonio import json_response
 from explain_service.metrics import LATENCY, REQUESTS
 
@@ -78,4 +79,6 @@ class Metrics(MethodView):
             data = generate_latest(registry)
         else:
             data = generate_latest()
+        services = current_app.extensions["explain"]
+        data += disparity_metrics(services.tally, services.disparity)  # per scrape, from indexed counts
         return Response(data, mimetype=CONTENT_TYPE_LATEST)

@@ -283,6 +283,8 @@ class ModelDescription(Schema):
     sha256 = fields.String()
     task = fields.String()
     description = fields.String(allow_none=True)
+    intended_use = fields.String(metadata={"description": "What the model is for, as its owner states"})
+    owner = fields.String(metadata={"description": "Who answers for the model"})
     class_names = fields.List(fields.String())
     favorable = fields.String(allow_none=True)
     features = fields.List(fields.Nested(FeatureSchemaDoc))

@@ -61,12 +61,16 @@ class Manifest:
     description: str = ""
     created_at: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
-    review_rules: ReviewRules = field(default_factory=ReviewRules)
+    intended_use: str = ""
+    owner: str = ""
+    personal: tuple[str, ...] = ()
 
     @property
     def sensitive(self) -> dict[str, tuple[float, ...] | None]:
         """Sensitive features: bin edges for numeric ones, None for those grouped by value."""
         return self.schema.sensitive
+
+    review_rules: ReviewRules = field(default_factory=ReviewRules)
 
     @property
     def sha256(self) -> str:
@@ -93,6 +97,10 @@ class Manifest:
             "libraries": self.libraries,
             "review_rules": self.review_rules.to_dict(),
             **({"extra": self.extra} if self.extra else {}),
+            # Written only when given, so manifests without them keep their bytes.
+            **({"intended_use": self.intended_use} if self.intended_use else {}),
+            **({"owner": self.owner} if self.owner else {}),
+            **({"personal": list(self.personal)} if self.personal else {}),
         }
 
     def to_json(self) -> bytes:
@@ -120,6 +128,9 @@ class Manifest:
             description=str(data.get("description") or ""),
             created_at=str(data.get("created_at") or ""),
             extra=dict(data.get("extra") or {}),
+            intended_use=str(data.get("intended_use") or ""),
+            owner=str(data.get("owner") or ""),
+            personal=tuple(str(f) for f in data.get("personal") or ()),
             review_rules=ReviewRules.from_dict(data.get("review_rules"), tuple(f.name for f in features)),
         )
 

@@ -302,6 +302,8 @@ class LoadedModel:
             "sha256": m.sha256,
             "task": m.task,
             "description": m.description,
+            "intended_use": m.intended_use,
+            "owner": m.owner,
             "class_names": list(m.class_names),
             "favorable": m.favorable,
             "features": [f.to_dict() for f in m.schema.features],

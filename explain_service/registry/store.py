@@ -91,6 +91,9 @@ def register_model(
     description: str | None = None,
     feature_overrides: dict[str, dict[str, Any]] | None = None,
     allow_missing: Sequence[str] = (),
+    intended_use: str | None = None,
+    owner: str | None = None,
+    personal: Sequence[str] = (),
     sensitive: Mapping[str, Sequence[float] | None] | None = None,
     review_rules: Mapping[str, Any] | None = None,
 ) -> Manifest:
@@ -123,6 +126,11 @@ def register_model(
     allow_missing
         Features that take missing values although the background has none there; the model
         must predict on rows with NaN in them.
+    intended_use, owner
+        What the model is for (and not for), and who answers for it: shown in the transparency report.
+    personal
+        Features holding personal data beyond the sensitive ones (a postcode, a birth date): withheld,
+        like sensitive features, when incidents are exported with ``--redact``.
     sensitive
         Sensitive features and how to group them: ``{"sex": None, "age": [0, 25, 40, 60, 200]}``
         (bin edges, strictly increasing and covering the background's range, for numeric
@@ -146,6 +154,9 @@ def register_model(
         schema = infer_schema(original, feature_overrides, constraints, allow_missing, sensitive)
     except (ValueError, KeyError) as exc:
         raise RegistrationError(str(exc)) from None
+    unknown = [f for f in personal if f not in schema.names]
+    if unknown:
+        raise RegistrationError(f"personal features {unknown} are not among the model's features")
     try:
         rules = ReviewRules.from_dict(review_rules, tuple(schema.names))
     except ValueError as exc:
@@ -173,6 +184,9 @@ def register_model(
         libraries=library_versions(("scikit-learn", "xgboost", "skops", "numpy", "pandas", "shap")),
         description=description or "",
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        intended_use=intended_use or "",
+        owner=owner or "",
+        personal=tuple(personal),
         review_rules=rules,
     )
     _write_checked(target, blobs, manifest, lambda loaded: _verify(model, loaded, original, labels))

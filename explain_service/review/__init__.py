@@ -7,6 +7,7 @@
     secret.py      the cookie-signing secret: EXPLAIN_SECRET_KEY, else one kept in the audit database
     auth_views.py  /review/login, /review/logout, and ``/`` (a browser is sent to /review/)
     pages.py       list, detail, queue and print pages (read only)
+    report_pages.py  a model's transparency report (page, image, PDF); incidents opened from a record
     actions.py     the forms that change something: review events, re-verify, suspend and resume
     words.py       numbers and model terms in plain words for the templates
     pdf.py         ``html_to_pdf``: the printable page as a PDF (WeasyPrint), images fetched in-process
@@ -23,7 +24,7 @@ from __future__ import annotations
 from flask import Flask
 
 # The modules that add routes and handlers to the blueprint, imported for that effect.
-from explain_service.review import actions, auth_views, errors, pages, session  # noqa: F401
+from explain_service.review import actions, auth_views, errors, pages, report_pages, session  # noqa: F401
 from explain_service.review.blueprint import blp
 
 __all__ = ["init_app"]
