@@ -46,7 +46,7 @@ def site(tmp_path_factory: pytest.TempPathFactory, demo_models_dir: Path) -> Ite
     (root / "var").mkdir()
     url = f"sqlite:///{root / 'var' / 'audit.sqlite3'}"
     store = AuditStore(url)
-    keystore = KeyStore(url, store)
+    keystore = KeyStore(store)
     keys = {role: keystore.create(f"{role}-1", role) for role in ("review", "admin")}
     keystore.close()
     store.close()
