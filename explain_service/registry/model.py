@@ -123,6 +123,7 @@ class LoadedModel:
     _compiled: Compiled | None = field(init=False, default=None, repr=False)
     _codes: dict[str, dict[str, float]] = field(init=False, default_factory=dict, repr=False)
     _cache: dict[str, Any] = field(init=False, default_factory=dict, repr=False)
+    _sha256: str | None = field(init=False, default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.library = estimator_library(self.estimator)
@@ -164,7 +165,10 @@ class LoadedModel:
 
     @property
     def sha256(self) -> str:
-        return self.manifest.sha256
+        # Hashed once: a request reads it several times (caches, the answer, the audit record).
+        if self._sha256 is None:
+            self._sha256 = self.manifest.sha256
+        return self._sha256
 
     @property
     def task(self) -> str:
