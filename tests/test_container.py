@@ -150,8 +150,16 @@ def test_compose_runs_two_replicas_on_shared_stores_and_dask() -> None:
 # -- built and run ------------------------------------------------------------------------------------
 
 
+# Limits a container may be given without CAP_SYS_RESOURCE (podman's defaults raise them), and runc
+# when installed: crun refuses hosts whose cgroups are in hybrid (v1 + v2) mode.
+ULIMITS = ("--ulimit", "nofile=4096:4096", "--ulimit", "nproc=4096:4096")
+
+
 def _podman(*args: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["podman", *args], capture_output=True, text=True, timeout=timeout, check=check)
+    runtime = ["--runtime", "runc"] if shutil.which("runc") else []
+    return subprocess.run(
+        ["podman", *runtime, *args], capture_output=True, text=True, timeout=timeout, check=check
+    )
 
 
 def _free_port() -> int:
@@ -169,12 +177,24 @@ def test_image_builds_and_serves_readyz_as_non_root(tmp_path: Path) -> None:
     tag = f"localhost/explain-service-test:{uuid.uuid4().hex[:8]}"
     name = f"explain-test-{uuid.uuid4().hex[:8]}"
     port = _free_port()
-    build = ["build", "--network", "host", "--build-arg", f"BASE_IMAGE={BASE_IMAGE}", "-t", tag, str(ROOT)]
+    build = [
+        "build",
+        "--format",
+        "docker",  # the OCI format has no HEALTHCHECK
+        *ULIMITS,
+        "--network",
+        "host",
+        "--build-arg",
+        f"BASE_IMAGE={BASE_IMAGE}",
+        "-t",
+        tag,
+        str(ROOT),
+    ]
     try:
         built = _podman(*build, timeout=3000, check=False)
         assert built.returncode == 0, built.stdout[-4000:] + built.stderr[-4000:]
-        assert _podman("run", "--rm", "--entrypoint", "id", tag, "-u").stdout.strip() == "10001"
-        _podman("run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:8000", tag)
+        assert _podman("run", *ULIMITS, "--rm", "--entrypoint", "id", tag, "-u").stdout.strip() == "10001"
+        _podman("run", *ULIMITS, "-d", "--name", name, "-p", f"127.0.0.1:{port}:8000", tag)
         deadline = time.monotonic() + 300
         status = None
         while time.monotonic() < deadline:
