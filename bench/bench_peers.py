@@ -29,7 +29,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import ROOT, free_port, gunicorn, percentile_ms, write_section
+from bench._common import ROOT, free_port, gunicorn, load_note, percentile_ms, write_section
 from bench._models import MODELS, SMALL, build_models, instances, load
 
 MODEL_NAMES = ("german-credit", SMALL)
@@ -114,6 +114,7 @@ def main() -> None:
     parser.add_argument("--per-round", type=int, default=30)
     args = parser.parse_args()
     build_models()
+    load_before = os.getloadavg()[0]
     bodies = {
         name: [orjson.dumps({"instances": [i]}) for i in instances(load(name), 300, seed=5)]
         for name in MODEL_NAMES
@@ -131,7 +132,8 @@ def main() -> None:
     n = args.rounds * args.per_round
     lines = [
         f"One-row `:explain` with SHAP, {args.rounds} rounds x {args.per_round} requests alternating between "
-        "the servers; both with 2 worker processes and 1 native thread each. Ours writes the durable "
+        "the servers; both with 2 worker processes and one native thread per request (ours: gunicorn with "
+        "the service's own settings, `explain_service/gunicorn_conf.py`; the peer: uvicorn). Ours writes the durable "
         "audit record (SQLite) before it answers; the peer (`bench/diy_server.py`: FastAPI "
         "+ uvicorn with uvloop/httptools + `shap.TreeExplainer`) validates nothing and records nothing.",
         "",
@@ -161,6 +163,7 @@ def main() -> None:
         "| KServe 0.21 custom `Model.explain`, keep-alive | 0.45-0.50x | its p99 2.6-3.1x ours |",
         "| FastAPI + `shap.TreeExplainer` under uvicorn (then) | 0.64-0.74x | the peer re-measured above |",
     ]
+    lines += ["", load_note(load_before)]
     body = "\n".join(lines)
     print(body)
     write_section("Peers", body, "python bench/bench_peers.py")
