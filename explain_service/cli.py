@@ -43,7 +43,16 @@ def main() -> None:
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
-@click.option("--workers", default=2, show_default=True, type=int, help="gunicorn worker processes")
+@click.option(
+    "--workers", default=2, show_default=True, type=int, help="gunicorn worker processes (at most the cores)"
+)
+@click.option(
+    "--threads",
+    default=4,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="request threads per worker (each runs native code on one thread)",
+)
 @click.option("--timeout", default=60, show_default=True, type=int, help="worker timeout in seconds")
 @click.option(
     "--access-log/--no-access-log",
@@ -58,6 +67,7 @@ def serve(
     host: str,
     port: int,
     workers: int,
+    threads: int,
     timeout: int,
     access_log: bool,
     certfile: str | None,
@@ -94,6 +104,8 @@ def serve(
         f"{host}:{port}",
         "--workers",
         str(workers),
+        "--threads",
+        str(threads),
         "--timeout",
         str(timeout),
         "--graceful-timeout",
@@ -107,11 +119,12 @@ def serve(
         args[-1:-1] = ["--certfile", certfile, "--keyfile", keyfile]
     prepare_serve(settings, host, port, scheme)
     log.info(
-        "explain-service on %s://%s:%d (%d workers, models in %s)",
+        "explain-service on %s://%s:%d (%d workers x %d threads, models in %s)",
         scheme,
         host,
         port,
         workers,
+        threads,
         settings.models_dir,
     )
     os.execv(args[0], args)

@@ -6,8 +6,14 @@ import os
 
 from explain_service.logs import gunicorn_logconfig
 
-# The sync worker, with gunicorn's own error answers (400/414/431, timeouts) in the JSON error shape.
-worker_class = "explain_service.gunicorn_worker.JsonErrorWorker"
+# The threaded worker (several requests per process, HTTP/1.1 keep-alive), with gunicorn's own error
+# answers (400/414/431, timeouts) in the JSON error shape. Threads let concurrent requests of a worker
+# share one audit commit (see audit/group.py); `serve --threads 1` still serves, one request at a time.
+worker_class = "explain_service.gunicorn_worker.JsonErrorThreadWorker"
+threads = 4
+# Idle kept-alive connections close after this many seconds: longer than a pooled client's pause
+# between calls, shorter than a load balancer's own idle timeout should be (set that one higher).
+keepalive = 15
 # gunicorn's request limits, stated here because the service documents them: beyond them the
 # worker answers 414 (request line) or 431 (header fields) before the app runs.
 limit_request_line = 4094
@@ -22,17 +28,30 @@ logconfig_dict = gunicorn_logconfig(
     access_log=os.environ.get("EXPLAIN_ACCESS_LOG", "").lower() in ("1", "true", "yes", "on")
 )
 logger_class = "explain_service.gunicorn_log.JsonAccessLogger"
-# Native libraries get one thread per worker; concurrency comes from worker processes.
+# Native libraries get one thread per request thread (XGBoost's nthread is set per model, see
+# registry/model.py); concurrency comes from worker processes and their request threads.
 raw_env = ["OMP_NUM_THREADS=1", "OPENBLAS_NUM_THREADS=1", "MKL_NUM_THREADS=1"]
 for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_name, "1")
 
 
 def post_fork(server: object, worker: object) -> None:
-    """No ``Server: gunicorn`` banner on the worker's responses."""
+    """No ``Server: gunicorn`` banner on the worker's responses; native thread pools of one thread."""
     from explain_service.access.headers import drop_server_banner
 
     drop_server_banner()
+    one_native_thread()
+
+
+def one_native_thread() -> None:
+    """Limit OpenMP and BLAS pools already loaded in this process to one thread each.
+
+    The environment above covers libraries loaded after it is read; a pool a library started before
+    (a preloaded app imports numpy in the arbiter) is capped here.
+    """
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1)
 
 
 def child_exit(server: object, worker: object) -> None:

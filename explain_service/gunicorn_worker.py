@@ -1,4 +1,4 @@
-"""The gunicorn worker of ``explain-service serve``: gunicorn's own answers in the JSON error shape.
+"""The gunicorn workers of ``explain-service serve``: gunicorn's own answers in the JSON error shape.
 
 gunicorn answers some requests before the app sees them (a malformed request line, a
 request line or header over its limits) and answers for the app when a request dies in
@@ -13,14 +13,27 @@ every other error of the service::
     503  the request was stopped: the worker timed out (SIGABRT from the arbiter) or is shutting down
     500  anything else (logged with its traceback)
 
-A worker timeout is answered only when the stopped code runs Python again before the
-arbiter's next pass (about a second later) sends SIGKILL: a request that is blocked in
-native code for that long gets its connection closed without an answer.
+Two workers share those answers:
+
+- :class:`JsonErrorThreadWorker` (the default of ``serve``): gunicorn's threaded worker, several
+  requests at once per process, HTTP/1.1 keep-alive. Its main thread keeps the arbiter informed
+  whatever the request threads do, so the worker timeout cannot stop a request; instead every read
+  of a request (head and body) shares one deadline, ``timeout`` seconds after the request's first
+  byte was awaited, and a read past it ends the request with 408 (head) or 503 (body). Computing is
+  bounded by the service's own request deadline (``EXPLAIN_REQUEST_DEADLINE_SECONDS``, answered 503).
+  Over TLS the deadline bounds each read rather than the whole request, and is answered by closing.
+- :class:`JsonErrorWorker`: gunicorn's sync worker, one request at a time, ``Connection: close``.
+  A worker timeout is answered only when the stopped code runs Python again before the arbiter's
+  next pass (about a second later) sends SIGKILL: a request that is blocked in native code for that
+  long gets its connection closed without an answer.
 """
 
 from __future__ import annotations
 
+import errno
+import socket
 import ssl
+import time
 from datetime import datetime
 from typing import Any
 
@@ -28,6 +41,7 @@ import orjson
 from gunicorn import util
 from gunicorn.http import errors as http_errors
 from gunicorn.http.wsgi import Response, default_environ
+from gunicorn.workers.gthread import TConn, ThreadWorker
 from gunicorn.workers.sync import SyncWorker
 
 from explain_service.errors import status_phrase
@@ -60,20 +74,34 @@ def error_response(status: int, message: str) -> bytes:
     return head.encode("latin-1") + body
 
 
-class JsonErrorWorker(SyncWorker):
-    """gunicorn's sync worker, answering its own errors in the service's JSON error shape."""
+class RequestTimedOut(BaseException):
+    """A request read went past the request's deadline; ``req`` is None while its head was being read."""
 
+    def __init__(self) -> None:
+        super().__init__("the request did not arrive within the worker timeout")
+        self.req: Any = None
+
+
+class _JsonErrors:
+    """What both workers answer for gunicorn's own errors (see the module docstring)."""
+
+    cfg: Any
+    log: Any
     timed_out = False
 
     def handle_abort(self, sig: int, frame: Any) -> None:
         """SIGABRT is the arbiter's timeout: remember it so the stopped request gets a 503."""
         self.timed_out = True
-        super().handle_abort(sig, frame)
+        super().handle_abort(sig, frame)  # type: ignore[misc]  # a mixin: the worker class has it
 
     def classify(self, exc: BaseException, req: Any) -> tuple[int, str, bool]:
         """``(status, message, client_fault)`` for an error gunicorn met while serving a request."""
+        limit = self.cfg.timeout
+        if isinstance(exc, RequestTimedOut):
+            if req is None:
+                return 408, f"The request head did not arrive within the worker timeout ({limit} s).", True
+            return 503, f"The request did not finish within the worker timeout ({limit} s).", False
         if isinstance(exc, SystemExit):
-            limit = self.cfg.timeout
             if self.timed_out and req is None:
                 return 408, f"The request head did not arrive within the worker timeout ({limit} s).", True
             if self.timed_out:
@@ -93,7 +121,9 @@ class JsonErrorWorker(SyncWorker):
         addr = addr or ("", -1)
         status, message, client_fault = self.classify(exc, req)
         where = f"{req.method} {req.uri}" if req is not None else "(request head not read)"
-        if isinstance(exc, SystemExit):
+        if isinstance(exc, RequestTimedOut):
+            self.log.error("request stopped (timeout): %s", where)
+        elif isinstance(exc, SystemExit):
             self.log.error("request stopped (%s): %s", "timeout" if self.timed_out else "shutdown", where)
         elif client_fault:
             self.log.warning("refused request from %s: %s", addr[0], exc)
@@ -111,3 +141,94 @@ class JsonErrorWorker(SyncWorker):
             util.write_nonblock(client, data)
         except Exception:
             self.log.debug("could not send the error answer")
+
+
+class JsonErrorWorker(_JsonErrors, SyncWorker):
+    """gunicorn's sync worker, answering its own errors in the service's JSON error shape."""
+
+
+class _DeadlineSocket(socket.socket):
+    """A client socket whose reads share one deadline while a request is being read.
+
+    ``deadline`` (on the monotonic clock) is set when a request thread starts on the connection and
+    cleared once the app has answered, so draining and closing read as gunicorn expects.
+    """
+
+    deadline: float | None = None
+
+    @classmethod
+    def adopt(cls, sock: socket.socket) -> _DeadlineSocket:
+        """The accepted ``sock`` as a deadline socket (the same file descriptor)."""
+        return cls(sock.family, sock.type, sock.proto, fileno=sock.detach())
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        if self.deadline is None:
+            return super().recv(bufsize, flags)
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise RequestTimedOut
+        prior = self.gettimeout()
+        if prior is not None and prior <= remaining:  # a shorter bound of gunicorn's own applies
+            return super().recv(bufsize, flags)
+        self.settimeout(remaining)
+        try:
+            return super().recv(bufsize, flags)
+        except TimeoutError:
+            raise RequestTimedOut from None
+        finally:
+            self.settimeout(prior)
+
+
+class _DeadlineConn(TConn):
+    """gunicorn's connection, starting the read deadline each time a request thread takes it."""
+
+    def init(self) -> None:
+        super().init()
+        if isinstance(self.sock, _DeadlineSocket):
+            self.sock.deadline = time.monotonic() + self.cfg.timeout
+        else:  # TLS: the wrapped socket is the ssl module's; bound each read instead
+            self.sock.settimeout(self.cfg.timeout)
+
+
+class JsonErrorThreadWorker(_JsonErrors, ThreadWorker):
+    """gunicorn's threaded worker (keep-alive), answering its own errors in the JSON error shape."""
+
+    def accept(self, listener: Any) -> None:
+        """Take one connection from ``listener`` and hand it to the thread pool with a read deadline."""
+        try:
+            client, addr = listener.accept()
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
+                return
+            raise
+        self.nr_conns += 1
+        self.enqueue_req(_DeadlineConn(self.cfg, _DeadlineSocket.adopt(client), addr, listener.getsockname()))
+
+    def _cap_keepalive(self, deadline: float) -> None:
+        """A stopping worker closes idle connections by ``deadline``: kept-alive ones, as gunicorn does,
+        and also those opened but still silent, which would otherwise hold it for the keep-alive time."""
+        super()._cap_keepalive(deadline)
+        for conn in self.pending_conns:
+            conn.timeout = min(conn.timeout, deadline)
+
+    def handle(self, conn: Any) -> Any:
+        """Serve a request in a pool thread; one whose reads went past the deadline gets 408 or 503."""
+        try:
+            return super().handle(conn)
+        except RequestTimedOut as exc:
+            self.handle_error(exc.req, conn.sock, conn.client, exc)
+            return False
+        finally:
+            if isinstance(conn.sock, _DeadlineSocket):
+                conn.sock.deadline = None
+
+    def handle_request(self, req: Any, conn: Any) -> bool:
+        """gunicorn's request handling; the read deadline ends when the app has answered."""
+        try:
+            return bool(super().handle_request(req, conn))
+        except RequestTimedOut as exc:
+            exc.req = req
+            raise
+        finally:
+            if isinstance(conn.sock, _DeadlineSocket):
+                conn.sock.deadline = None

@@ -172,7 +172,7 @@ class ExplainService:
         target_index = self.resolve_target(model, target)
         if not isinstance(rows, Prepared):
             rows = model.prepare(rows)
-        flags = model.schema.flags(rows.frame)
+        flags = model.schema.flags(rows.column_arrays())
         if strict:
             _refuse_out_of_range(model, flags)
         pred = self.predict(model, rows)

@@ -69,20 +69,37 @@ class LiveServer:
             conn.close()
 
     def raw(self, data: bytes, *, pause_after: int | None = None, timeout: float = 30.0) -> bytes:
-        """Send ``data`` as is and read until the server closes the connection.
+        """Send ``data`` as is and read one answer: until its body is complete or the server closes.
 
-        With ``pause_after``, only the first that many bytes are sent; the rest never comes.
+        With ``pause_after``, only the first that many bytes are sent; the rest never comes. (The
+        server keeps an HTTP/1.1 connection open after a complete answer, so reading until it closes
+        would wait for its keep-alive timeout.)
         """
         with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as sock:
             sock.sendall(data if pause_after is None else data[:pause_after])
-            chunks = []
+            received = b""
             with contextlib.suppress(ConnectionResetError):
-                while chunk := sock.recv(65536):
-                    chunks.append(chunk)
-            return b"".join(chunks)
+                while not _complete(received) and (chunk := sock.recv(65536)):
+                    received += chunk
+            return received
 
     def logs(self) -> str:
         return self.log.read_text(errors="replace")
+
+
+def _complete(data: bytes) -> bool:
+    """Whether ``data`` holds a whole answer whose end its head announces (a Content-Length, or no body)."""
+    head, found, body = data.partition(b"\r\n\r\n")
+    if not found:
+        return False
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    fields = {n.strip().lower(): v.strip() for n, _, v in (line.partition(":") for line in lines[1:])}
+    if status in (204, 304) or 100 <= status < 200:
+        return True
+    if "content-length" in fields:
+        return len(body) >= int(fields["content-length"])
+    return False  # chunked or delimited by the close: read on
 
 
 def parse_raw(data: bytes) -> Answer:

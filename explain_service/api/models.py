@@ -16,9 +16,8 @@ from explain_service.errors import ValidationFailed
 from explain_service.explainers.shap import supported_outputs
 from explain_service.jsonio import json_response
 from explain_service.registry.model import LoadedModel, Prepared
-from explain_service.registry.schema import columns_from_records
 from explain_service.service import model_ref
-from explain_service.validation import validate_instances
+from explain_service.validation import validate_prepared
 
 blp = Blueprint(
     "models", __name__, url_prefix="/v1/models", description="Registered models: describe, predict, explain."
@@ -45,8 +44,7 @@ def _rows(model: LoadedModel, instances: list[Any]) -> tuple[Prepared, list[dict
     limit = _services().settings.max_instances
     if len(instances) > limit:
         raise ValidationFailed({"instances": [f"At most {limit} instances per request."]})
-    frame, records = validate_instances(model, instances)
-    return model.prepare(frame, columns_from_records(model.schema, records)), records
+    return validate_prepared(model, instances)
 
 
 def describe(model: LoadedModel) -> dict[str, Any]:

@@ -11,6 +11,7 @@ hidden on the frame.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,14 +78,32 @@ class Prepared:
     Passed explicitly from the caller to the prediction and every method, so the matrix
     is computed once and can never be taken for another frame's: pandas copies
     ``DataFrame.attrs`` onto derived frames, so nothing is remembered there.
+
+    Rows prepared from their column arrays (a validated request) build their frame only when
+    a method asks for it: the tree and linear paths read the matrix alone, and building a
+    one-row DataFrame costs about as much as their whole computation.
     """
 
-    frame: pd.DataFrame
     matrix: np.ndarray
     model_sha256: str
+    columns: Mapping[str, np.ndarray] | None = None  # the rows' column arrays, when the caller built them
+    given_frame: pd.DataFrame | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
-        return len(self.frame)
+        return int(self.matrix.shape[0])
+
+    @property
+    def frame(self) -> pd.DataFrame:
+        """The typed rows as a frame (built from the columns on first use)."""
+        if self.given_frame is None:
+            assert self.columns is not None
+            object.__setattr__(self, "given_frame", pd.DataFrame(dict(self.columns), copy=False))
+        assert self.given_frame is not None
+        return self.given_frame
+
+    def column_arrays(self) -> Mapping[str, Any]:
+        """The rows' columns by name: the arrays they were built from, else the frame's own."""
+        return self.columns if self.columns is not None else self.frame
 
 
 type Rows = pd.DataFrame | Prepared
@@ -111,6 +130,7 @@ class LoadedModel:
     _compiled: Compiled | None = field(init=False, default=None, repr=False)
     _codes: dict[str, dict[str, float]] = field(init=False, default_factory=dict, repr=False)
     _cache: dict[str, Any] = field(init=False, default_factory=dict, repr=False)
+    _sha256: str | None = field(init=False, default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.library = estimator_library(self.estimator)
@@ -150,7 +170,10 @@ class LoadedModel:
 
     @property
     def sha256(self) -> str:
-        return self.manifest.sha256
+        # Hashed once: a request reads it several times (caches, the answer, the audit record).
+        if self._sha256 is None:
+            self._sha256 = self.manifest.sha256
+        return self._sha256
 
     @property
     def task(self) -> str:
@@ -209,7 +232,14 @@ class LoadedModel:
 
     def prepare(self, rows: pd.DataFrame, columns: dict[str, np.ndarray] | None = None) -> Prepared:
         """``rows`` with their matrix, transformed once for a request's prediction and methods."""
-        return Prepared(rows, self.transform(rows, columns), self.sha256)
+        return Prepared(self.transform(rows, columns), self.sha256, columns, rows)
+
+    def prepare_columns(self, columns: dict[str, np.ndarray]) -> Prepared:
+        """Typed rows given as column arrays in schema order, with their matrix; no frame is built
+        unless the compiled preprocessing is unavailable (scikit-learn's reads frames)."""
+        if self._compiled is not None:
+            return Prepared(self._compiled(columns), self.sha256, columns)
+        return self.prepare(pd.DataFrame(columns, copy=False), columns)
 
     def matrix_of(self, rows: Rows) -> np.ndarray:
         """The matrix of prepared rows (when prepared by this model), else of a plain frame."""

@@ -165,15 +165,18 @@ class FeatureSchema:
     def constraint(self, name: str) -> Constraint:
         return self.constraints.get(name, Constraint())
 
-    def flags(self, rows: pd.DataFrame) -> list[dict[str, list[str]]]:
+    def flags(self, rows: pd.DataFrame | Mapping[str, Any]) -> list[dict[str, list[str]]]:
         """Per row, the features outside what the background showed at registration.
 
-        ``out_of_range``: numeric or integer values below the observed min or above the max;
-        ``missing``: features with no value. Empty lists are left out.
+        ``rows`` is a frame or its columns by name (arrays: reading them back from a frame costs
+        more than the check on a one-row request). ``out_of_range``: numeric or integer values
+        below the observed min or above the max; ``missing``: features with no value. Empty lists
+        are left out.
         """
-        out: list[dict[str, list[str]]] = [{} for _ in range(len(rows))]
+        n = len(rows) if isinstance(rows, pd.DataFrame) else len(rows[self.names[0]]) if self.names else 0
+        out: list[dict[str, list[str]]] = [{} for _ in range(n)]
         for f in self.features:
-            col = rows[f.name].to_numpy()
+            col = np.asarray(rows[f.name])
             if f.is_numeric and f.min is not None and f.max is not None:
                 values = col.astype(np.float64)
                 with np.errstate(invalid="ignore"):
