@@ -291,6 +291,8 @@ def test_batch_records_are_read_over_http_by_audit_id_with_a_review_key(
     review, explain = keys.create("reviewer", "review"), keys.create("teller", "explain")
     with pytest.raises(KeyAdminError, match="a key name is"):
         keys.create(AUDIT_CALLER, "explain")  # so no key can ever own a job's records
+    with pytest.raises(KeyAdminError, match="reserved"):
+        keys.create("batch", "explain")  # the caller of batch records written before "(batch)"
     client = app.test_client()
     record_id = out["audit_id"].iloc[1]
     answer = client.get(f"/v1/explanations/{record_id}", headers={"Authorization": f"Bearer {review}"})

@@ -48,6 +48,9 @@ CACHE_SECONDS = 1.0
 TOUCH_SECONDS = 60.0
 _CACHE_SIZE = 4096
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
+# Callers that are not keys: batch jobs recorded as "batch" before they became "(batch)". A key with such
+# a name would own, and could read, every record they wrote.
+RESERVED_NAMES = frozenset({"batch"})
 
 
 class KeyAdminError(Exception):
@@ -110,6 +113,8 @@ class KeyStore:
             raise KeyAdminError(
                 "a key name is 1-64 letters, digits and . _ @ -, starting with a letter or digit"
             )
+        if name.lower() in RESERVED_NAMES:
+            raise KeyAdminError(f"the key name {name!r} is reserved (batch jobs' records name it as caller)")
         key = new_key()
         row = {"name": name, "role": role, "key_sha256": key_hash(key), "created_at": _now()}
         try:
