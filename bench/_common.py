@@ -78,3 +78,12 @@ def write_section(title: str, body: str, command: str) -> None:
     pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
     text = pattern.sub(section + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + section
     RESULTS.write_text(text)
+
+
+def load_note(before: float) -> str:
+    """The machine's load average before and after a run: how much other work shared the cores."""
+    after = os.getloadavg()[0]
+    return (
+        f"Load average (1 min) on the 2 cores: {before:.1f} before the run, {after:.1f} after; other jobs "
+        "shared the machine, so absolute times are inflated and only the interleaved ratios compare."
+    )

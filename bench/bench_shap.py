@@ -2,10 +2,13 @@
 
 1. In-process: explain 10,000 German-credit rows (raw DataFrame in, per-feature values out) vs
    xgboost's ``pred_contribs`` on the already-transformed matrix, same rows and threads.
-2. HTTP: one-row ``:explain`` through gunicorn (2 workers, validation and all) vs what a user would
-   write in process: ``pipeline[:-1].transform(row)``, ``shap.TreeExplainer(...).shap_values(...)``,
-   one-hot columns summed; plus requests/s under 8 concurrent clients and the overhead against a bare
-   Flask JSON echo under the same gunicorn.
+2. HTTP, on German credit and on a small model (7 raw features, XGBoost 150 trees of depth 4, one-hot
+   pipeline): one-row ``:explain`` through gunicorn (2 workers, validation and all) vs what a user
+   would write in process: ``pipeline[:-1].transform(row)``, ``predict_proba``,
+   ``shap.TreeExplainer(...).shap_values(...)``, one-hot columns summed; requests/s under 8
+   concurrent clients; the overhead against a bare Flask JSON echo under the same gunicorn; and the
+   in-process breakdown of one request by stage (parse, validate, transform, predict, SHAP,
+   reasons, record, serialise).
 
 Run: ``python bench/bench_shap.py`` (``make bench`` runs every benchmark).
 """
@@ -14,7 +17,9 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -24,12 +29,11 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import gunicorn, percentile_ms, write_section
+from bench._common import gunicorn, load_note, percentile_ms, write_section
+from bench._models import MODELS, SMALL, build_models, instances
 from explain_service.explainers.shap import ShapExplainer
-from explain_service.registry.demo import build_demo
 from explain_service.registry.store import ModelRegistry
 
-MODELS = Path("bench/out/models")
 N_ROWS = 10_000
 N_SEQ = 400
 CONCURRENCY = 8
@@ -69,6 +73,8 @@ def bulk(model, threads: int) -> dict[str, float]:
 
 
 def user_code_latency(model, instances: list[dict]) -> list[float]:
+    """What a user writes in process: the pipeline's preprocessing on a one-row DataFrame,
+    ``predict_proba``, ``TreeExplainer.shap_values`` and the one-hot columns summed back."""
     import shap
 
     pipe_pre = model.preprocessor
@@ -81,6 +87,7 @@ def user_code_latency(model, instances: list[dict]) -> list[float]:
     for inst in instances:
         t0 = time.perf_counter()
         Xt = pipe_pre.transform(pd.DataFrame([inst]))
+        model.estimator.predict_proba(Xt)
         sv = explainer.shap_values(Xt)
         out: dict[str, float] = dict.fromkeys(model.schema.names, 0.0)
         for owner, v in zip(owners, sv[0], strict=True):
@@ -92,16 +99,101 @@ def user_code_latency(model, instances: list[dict]) -> list[float]:
 def service_compute_latency(model, instances: list[dict]) -> list[float]:
     """The explanation work of one request in process: predict, SHAP, reasons (validated rows in)."""
     from explain_service.service import ExplainService
-    from explain_service.validation import validate_instances
+    from explain_service.validation import validate_prepared
 
     service = ExplainService()
     samples = []
     for inst in instances:
-        rows, records = validate_instances(model, [inst])
+        rows, records = validate_prepared(model, [inst])
         t0 = time.perf_counter()
         service.explain(model, rows, ["shap"], instances=records, record=False)
         samples.append(time.perf_counter() - t0)
     return samples
+
+
+def breakdown(model, instances: list[dict], database_url: str) -> dict[str, float]:
+    """Median ms of each stage of one ``:explain`` request, run in process stage by stage.
+
+    The stages are the ones the view and the service run, called directly on the same rows:
+    parse (body bytes to the request schema's dict), validate (the instance checks and typed
+    column arrays), transform (the compiled preprocessing), predict, SHAP, reasons, record (the
+    durable audit append) and serialise (the answer to JSON bytes).
+    """
+    from explain_service.api.models import EXPLAIN_REQUEST
+    from explain_service.audit.recorder import AuditRecorder
+    from explain_service.audit.store import AuditStore
+    from explain_service.jsonio import json_response, loads_body
+    from explain_service.registry.schema import columns_from_records
+    from explain_service.service import ExplainService, item_reasons
+    from explain_service.validation import fast_checker, transformed_errors
+
+    service = ExplainService()
+    shap_explainer = service.explainers["shap"]
+    recorder = AuditRecorder(AuditStore(database_url))
+    check = fast_checker(model)
+    stages: dict[str, list[float]] = {k: [] for k in STAGES}
+    for k, inst in enumerate(instances):
+        lap = Laps(stages, keep=k >= 20)  # the first requests warm caches
+        body = EXPLAIN_REQUEST.load(loads_body(json.dumps({"instances": [inst]}).encode()))
+        lap("parse")
+        records = [check(i) for i in body["instances"]]
+        columns = columns_from_records(model.schema, records)
+        flags = model.schema.flags(columns)
+        lap("validate")
+        rows = model.prepare_columns(columns)
+        transformed_errors(model, rows.matrix)
+        lap("transform")
+        pred = service.predict(model, rows)
+        lap("predict")
+        options = service.load_options(["shap"], {})
+        shap = shap_explainer.explain(model, rows, pred.classes, options["shap"])
+        lap("SHAP")
+        item = {"prediction": pred.answers[0], "flags": flags[0], "shap": shap[0]}
+        item["reasons"] = item_reasons(model, item, records[0])
+        lap("reasons")
+        entry = {"instance": records[0], "request": {"methods": ["shap"], "target": None, "options": {}}}
+        (record_id,) = recorder.record(model, [{**entry, "explanation": item}], None)
+        lap("record")
+        json_response({"model": {"name": model.name}, "explanations": [{"id": record_id, **item}]})
+        lap("serialise")
+    recorder.store.close()
+    return {k: percentile_ms(v, 50) for k, v in stages.items()}
+
+
+class Laps:
+    """Times consecutive stages: each call records the time since the previous one."""
+
+    def __init__(self, stages: dict[str, list[float]], keep: bool) -> None:
+        self.stages, self.keep = stages, keep
+        self.t = time.perf_counter()
+
+    def __call__(self, stage: str) -> None:
+        now = time.perf_counter()
+        if self.keep:
+            self.stages[stage].append(now - self.t)
+        self.t = time.perf_counter()
+
+
+LEAN_NOTES = [
+    "Cuts on the one-row path, found with cProfile on the small model through Flask's test client:",
+    "",
+    "- validated rows were turned into a DataFrame, transformed for the overflow check, then turned into "
+    "column arrays and transformed again for the methods: now column arrays and one matrix, which the "
+    "overflow check and every method share (`validation.validate_prepared`);",
+    "- the request's DataFrame (about 0.2 ms for a one-row frame of 7 columns, more than the prediction) is built only when "
+    "a method needs one (LIME, counterfactuals, the model-agnostic path); the tree and linear paths "
+    "read the matrix, and the range flags read the column arrays;",
+    "- the model's sha256 (read five times per request) is hashed once per loaded model.",
+    "",
+    "What is left is spread thin: Flask's dispatch, webargs, the access hooks, the limiter and the metrics "
+    "each cost tens of microseconds, and xgboost's Python wrapper tens of microseconds per call (three "
+    "calls: probabilities, contributions, margin). The durable audit append (an fsync per request) is the one big item; "
+    "batching it across concurrent requests (group commit) is the cure, not a leaner request.",
+    "",
+]
+
+
+STAGES = ("parse", "validate", "transform", "predict", "SHAP", "reasons", "record", "serialise")
 
 
 def http_post(port: int, path: str, body: bytes, headers: dict[str, str] | None = None) -> float:
@@ -142,32 +234,79 @@ def concurrent_rps(port: int, path: str, bodies: list[bytes]) -> float:
     return sum(counts) / (time.perf_counter() - t0)
 
 
-def main() -> None:
-    build_demo(MODELS, only=["german-credit"])
-    model = ModelRegistry(MODELS).get("german-credit")
-    results = [bulk(model, 1), bulk(model, 2)]
-
-    rows = model.background.sample(N_SEQ, replace=True, random_state=1)
-    instances = [
-        {k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()} for r in rows.to_dict("records")
-    ]
+def http_case(name: str, model, instances: list[dict], tmp: str) -> dict:
+    """One model's one-row latencies: user code, our compute, the stages, and the servers over HTTP."""
     model.set_threads(1)
     user = user_code_latency(model, instances)
     compute = service_compute_latency(model, instances)
+    stages = breakdown(model, instances, f"sqlite:///{tmp}/{name}-stages.sqlite3")
     bodies = [json.dumps({"instances": [i]}).encode() for i in instances]
-    env = {"EXPLAIN_MODELS_DIR": str(MODELS)}
+    env = {"EXPLAIN_MODELS_DIR": str(MODELS), "EXPLAIN_DATABASE_URL": f"sqlite:///{tmp}/{name}.sqlite3"}
+    path = f"/v1/models/{name}:explain"
     with gunicorn("explain_service.app:create_app()", env=env) as base:
         port = int(base.rsplit(":", 1)[1])
-        ours = sequential(port, "/v1/models/german-credit:explain", bodies)
-        ours_rps = concurrent_rps(port, "/v1/models/german-credit:explain", bodies)
+        ours = sequential(port, path, bodies)
+        ours_rps = concurrent_rps(port, path, bodies)
     with gunicorn("bench.noaudit_app:create_app()", env=env) as base:
         port = int(base.rsplit(":", 1)[1])
-        bare = sequential(port, "/v1/models/german-credit:explain", bodies)
-        bare_rps = concurrent_rps(port, "/v1/models/german-credit:explain", bodies)
+        bare = sequential(port, path, bodies)
+        bare_rps = concurrent_rps(port, path, bodies)
     with gunicorn("bench.echo_app:create_app()") as base:
         port = int(base.rsplit(":", 1)[1])
         echo = sequential(port, "/echo", bodies)
         echo_rps = concurrent_rps(port, "/echo", bodies)
+    return dict(user=user, compute=compute, stages=stages, ours=ours, bare=bare, echo=echo,
+                ours_rps=ours_rps, bare_rps=bare_rps, echo_rps=echo_rps)  # fmt: skip
+
+
+def http_lines(name: str, r: dict) -> list[str]:
+    p50 = {k: percentile_ms(r[k], 50) for k in ("user", "compute", "ours", "bare", "echo")}
+    p99 = {k: percentile_ms(r[k], 99) for k in ("user", "ours", "bare", "echo")}
+    web_overhead = p50["bare"] - p50["compute"]
+    stages = r["stages"]
+    total = sum(stages.values())
+    return [
+        f"#### {name}",
+        "",
+        "| path | p50 (ms) | p99 (ms) | req/s, 8 clients |",
+        "|---|---|---|---|",
+        f"| user code in process: transform + predict_proba + TreeExplainer.shap_values + sum one-hot | {p50['user']:.3f} | {p99['user']:.3f} | - |",
+        f"| `:explain` over HTTP, audit record written (the default) | {p50['ours']:.3f} | {p99['ours']:.3f} | {r['ours_rps']:.0f} |",
+        f"| `:explain` over HTTP, audit recorder removed | {p50['bare']:.3f} | {p99['bare']:.3f} | {r['bare_rps']:.0f} |",
+        f"| bare Flask JSON echo, same gunicorn | {p50['echo']:.3f} | {p99['echo']:.3f} | {r['echo_rps']:.0f} |",
+        f"| in process: ExplainService.explain on validated rows (predict + SHAP + reasons) | {p50['compute']:.3f} | - | - |",
+        "",
+        f"- p50 over HTTP vs user code in process: **{p50['ours'] / p50['user']:.2f}x** with the audit write, "
+        f"**{p50['bare'] / p50['user']:.2f}x** without it (goal <= 1.0x)",
+        f"- web overhead (HTTP p50 without audit minus the in-process compute) vs the bare echo's p50: "
+        f"{web_overhead:.3f} ms vs {p50['echo']:.3f} ms = **{web_overhead / p50['echo']:.2f}x** (goal <= 2x); "
+        f"whole request vs echo: {p50['bare'] / p50['echo']:.2f}x",
+        f"- throughput under 8 clients vs echo: {r['ours_rps'] / r['echo_rps']:.2f}x (audit), "
+        f"{r['bare_rps'] / r['echo_rps']:.2f}x (no audit)",
+        f"- the audit write over HTTP (p50 with minus without): {p50['ours'] - p50['bare']:.3f} ms; the stage "
+        "table's `record` was measured earlier in the run: an fsync takes as long as the other writers to "
+        "the same disk make it take",
+        "",
+        "Where one request's time goes, in process, stage by stage (median ms over the same rows):",
+        "",
+        "| " + " | ".join(STAGES) + " | sum |",
+        "|" + "---|" * (len(STAGES) + 1),
+        "| " + " | ".join(f"{stages[k]:.3f}" for k in STAGES) + f" | {total:.3f} |",
+        "| " + " | ".join(f"{stages[k] / total:.0%}" for k in STAGES) + " | 100% |",
+        "",
+    ]
+
+
+def main() -> None:
+    build_models()
+    load_before = os.getloadavg()[0]
+    german = ModelRegistry(MODELS).get("german-credit")
+    results = [bulk(german, 1), bulk(german, 2)]
+    cases = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, seed in (("german-credit", 1), (SMALL, 4)):
+            model = ModelRegistry(MODELS).get(name)
+            cases[name] = http_case(name, model, instances(model, N_SEQ, seed), tmp)
 
     lines = [
         "### In-process, 10,000 German-credit rows (raw rows in, per-feature SHAP out)",
@@ -177,31 +316,19 @@ def main() -> None:
     ]
     for r in results:
         lines.append(f"| {r['threads']} | {r['ours_s']:.4f} | {r['ref_s']:.4f} | {r['ratio']:.2f}x |")
-    p50_user, p99_user = percentile_ms(user, 50), percentile_ms(user, 99)
-    p50_ours, p99_ours = percentile_ms(ours, 50), percentile_ms(ours, 99)
-    p50_echo, p99_echo = percentile_ms(echo, 50), percentile_ms(echo, 99)
-    p50_bare, p99_bare = percentile_ms(bare, 50), percentile_ms(bare, 99)
-    p50_compute = percentile_ms(compute, 50)
-    web_overhead = p50_bare - p50_compute
     lines += [
         "",
-        f"### One row, {N_SEQ} sequential requests (new connection each), gunicorn 2 sync workers",
+        f"### One row, {N_SEQ} sequential requests (new connection each), gunicorn 2 workers with the service's settings",
         "",
-        "| path | p50 (ms) | p99 (ms) | req/s, 8 clients |",
-        "|---|---|---|---|",
-        f"| user code in process: transform + TreeExplainer.shap_values + sum one-hot | {p50_user:.3f} | {p99_user:.3f} | - |",
-        f"| `:explain` over HTTP, audit record written (the default) | {p50_ours:.3f} | {p99_ours:.3f} | {ours_rps:.0f} |",
-        f"| `:explain` over HTTP, audit recorder removed | {p50_bare:.3f} | {p99_bare:.3f} | {bare_rps:.0f} |",
-        f"| bare Flask JSON echo, same gunicorn | {p50_echo:.3f} | {p99_echo:.3f} | {echo_rps:.0f} |",
-        f"| in process: ExplainService.explain on validated rows (predict + SHAP + reasons) | {p50_compute:.3f} | - | - |",
+        f"German credit (9 raw features, 200 trees) and `{SMALL}` (7 raw features, one-hot, XGBoost 150 "
+        "trees of depth 4; `bench/_models.py`). The user code includes `predict_proba`: an answer "
+        "without the prediction it explains is no answer.",
         "",
-        f"- p50 over HTTP vs user code in process: **{p50_ours / p50_user:.2f}x** with the audit write, "
-        f"**{p50_bare / p50_user:.2f}x** without it (goal <= 1.0x; the goal predates the audit trail)",
-        f"- web overhead (HTTP p50 without audit minus the in-process compute) vs the bare echo's p50: "
-        f"{web_overhead:.3f} ms vs {p50_echo:.3f} ms = **{web_overhead / p50_echo:.2f}x** (goal <= 2x); "
-        f"whole request vs echo: {p50_bare / p50_echo:.2f}x",
-        f"- throughput under 8 clients vs echo: {ours_rps / echo_rps:.2f}x (audit), {bare_rps / echo_rps:.2f}x (no audit)",
     ]
+    for name, r in cases.items():
+        lines += http_lines(name, r)
+    lines += LEAN_NOTES
+    lines += [load_note(load_before)]
     body = "\n".join(lines)
     print(body)
     write_section("SHAP", body, "python bench/bench_shap.py")

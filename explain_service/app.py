@@ -2,19 +2,34 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from flask import Flask
 
+from explain_service import metrics
 from explain_service.api.blueprint import configure_url_map
+from explain_service.audit.aggregates import QualityCounts, RecordKinds
+from explain_service.audit.incidents import IncidentIndex
+from explain_service.audit.projections import TrailIndex
 from explain_service.audit.recorder import AuditRecorder
 from explain_service.audit.store import AuditStore
+from explain_service.audit.suspensions import Suspensions
+from explain_service.audit.tally import Projection, Tally
 from explain_service.config import Settings
+from explain_service.fairness.monitor import DisparityCounts, DisparitySettings, manifest_lookup
 from explain_service.jsonio import OrjsonProvider
 from explain_service.logs import configure_app_logging
 from explain_service.plots.render import PlotCache
 from explain_service.registry.store import ModelRegistry
 from explain_service.service import ExplainService
+
+log = logging.getLogger(__name__)
+
+
+def derived_tables(models_dir: str) -> list[Projection]:
+    """The projections of the chain kept beside the trail index (see :mod:`explain_service.audit.tally`)."""
+    return [IncidentIndex(), DisparityCounts(manifest_lookup(models_dir)), QualityCounts(), RecordKinds()]
 
 
 class Services:
@@ -27,15 +42,23 @@ class Services:
             threads=settings.model_threads,
             recheck_seconds=settings.model_recheck_seconds,
         )
-        # observe= is where each audit commit reports (seconds, records, head seq): the hook for the
-        # append latency and batch-size metrics (see audit/group.py).
+        # Each audit commit (a group of concurrent appends, audit/group.py) reports its duration, record
+        # count and new head to the metrics.
         self.audit = AuditStore(
             settings.database_url,
             durability=settings.audit_durability,  # type: ignore[arg-type]
-            observe=None,
+            observe=metrics.observe_audit_append,
         )
+        self.index = TrailIndex(self.audit)  # the reviewers' list, queue and review events
+        self.suspensions = Suspensions(self.audit)  # the stop button
         self.service = ExplainService(recorder=AuditRecorder(self.audit))
         self.plots = PlotCache(settings.plots_dir)
+        self.disparity = DisparitySettings(
+            settings.disparity_threshold, settings.disparity_window_days, settings.disparity_min_group
+        )
+        self.tally = Tally(
+            self.audit, derived_tables(settings.models_dir)
+        )  # incidents, disparity, report counts
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
@@ -59,11 +82,15 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     services = Services(settings)
     app.extensions["explain"] = services
 
-    from explain_service import access, api
+    from explain_service import access, api, review
 
     access.init_app(app, settings, services.audit)
     api.init_app(app)
+    review.init_app(app)
     if settings.eager_load:
         # A version that fails is reported by /readyz and answered 503; the others serve.
         services.registry.load_all()
+        if not services.audit.ping():
+            # Why is logged by the store just before; the app still starts, so /readyz can say so.
+            log.error("the audit store cannot be used: requests that need it are answered 503 until it can")
     return app

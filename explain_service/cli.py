@@ -2,7 +2,8 @@
 
 Sub-commands reach the same services as the HTTP API, through the same
 factory functions: ``serve``, ``models list|verify|build-demo``, ``batch``,
-``audit verify|export``, ``keys create|list|revoke``.
+``audit verify|export|reindex``, ``keys create|list|revoke``, ``models suspend|resume|suspensions``,
+``fairness``, ``report``, ``incidents export|verify``.
 """
 
 from __future__ import annotations
@@ -19,8 +20,11 @@ from typing import Any, NoReturn
 import click
 
 from explain_service.access.commands import keys
+from explain_service.audit.incident_commands import incidents
 from explain_service.batch.command import batch
 from explain_service.config import Settings
+from explain_service.fairness.command import fairness
+from explain_service.fairness.report_command import report
 from explain_service.logs import configure_app_logging
 
 log = logging.getLogger("explain_service.cli")  # not __name__: that is "__main__" under `python -m`
@@ -84,12 +88,15 @@ def serve(
             settings.request_deadline_seconds,
             timeout,
         )
-    for directory in (Path(settings.plots_dir), Path("var")):
-        directory.mkdir(parents=True, exist_ok=True)
-    metrics_dir = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", "var/prometheus"))
-    shutil.rmtree(metrics_dir, ignore_errors=True)
-    metrics_dir.mkdir(parents=True)
     _prepare_audit_store(settings)
+    metrics_dir = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", "var/prometheus"))
+    try:
+        for directory in (Path(settings.plots_dir), Path("var")):
+            directory.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True)
+    except OSError as exc:
+        raise click.ClickException(f"cannot create {exc.filename}: {exc.strerror}") from None
     gunicorn = Path(sys.executable).with_name("gunicorn")
     args = [
         str(gunicorn),
@@ -124,12 +131,24 @@ def serve(
 
 
 def _prepare_audit_store(settings: Settings) -> None:
-    """Create the audit schema (and SQLite's WAL mode) once, before gunicorn forks its workers."""
+    """Create the audit schema (and SQLite's WAL mode) once, before gunicorn forks its workers.
+
+    A SQLite store that cannot be created or written (a directory that cannot be made, a read-only
+    file) stops ``serve`` with exit status 2: it will not heal by itself. A PostgreSQL server that does
+    not answer yet only warns; ``/readyz`` reports it until it does.
+    """
+    from explain_service.access.commands import StoreUnusable
+    from explain_service.audit.errors import AuditError
     from explain_service.audit.store import AuditStore
 
     with AuditStore(settings.database_url, durability=settings.audit_durability) as store:  # type: ignore[arg-type]
-        if not store.ping():
-            log.warning("the audit store does not answer yet; /readyz will say so")
+        try:
+            store.check_writable()
+        except AuditError as exc:
+            detail = getattr(exc, "detail", "") or str(exc)
+            if store.backend == "sqlite":
+                raise StoreUnusable(f"the audit store cannot be used: {detail}") from None
+            log.warning("the audit store does not answer yet (%s); /readyz will say so", detail)
 
 
 @main.group()
@@ -210,6 +229,82 @@ def models_build_demo(models_dir: str | None, only: tuple[str, ...]) -> None:
         )
     built = build_demo(root, only=list(only) or None)
     click.echo(f"built {', '.join(built)}" if built else f"demo models already present under {root}")
+
+
+def _model_target(model: str, models_dir: str | None) -> tuple[str, str | None]:
+    """``NAME`` or ``NAME@VERSION``, checked against the registry."""
+    from explain_service.registry.store import list_versions
+
+    name, _, version = model.partition("@")
+    root = Path(_settings(models_dir).models_dir)
+    versions = list_versions(root, name)
+    if not versions or (version and version not in versions):
+        raise click.ClickException(f"no model {model} under {root}")
+    return name, version or None
+
+
+def _suspensions(database_url: str | None) -> Any:
+    from explain_service.audit.store import AuditStore
+    from explain_service.audit.suspensions import Suspensions
+
+    return Suspensions(AuditStore(database_url or Settings.from_env().database_url))
+
+
+@models.command("suspend")
+@click.argument("model")
+@click.option(
+    "--reason", required=True, help="shown to every caller in the 503 answer; kept in the audit trail"
+)
+@click.option("--models-dir", default=None)
+@click.option(
+    "--database-url", default=None, help="default: $EXPLAIN_DATABASE_URL or sqlite:///var/audit.sqlite3"
+)
+def models_suspend(model: str, reason: str, models_dir: str | None, database_url: str | None) -> None:
+    """Stop MODEL (NAME, every version, or NAME@VERSION): :predict and :explain answer 503 within 2 s."""
+    from explain_service.access.commands import operator
+    from explain_service.audit.suspensions import SuspensionError
+
+    name, version = _model_target(model, models_dir)
+    try:
+        found = _suspensions(database_url).suspend(name, version, reason, by=operator())
+    except SuspensionError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"suspended {model} ({found.scope}) by {found.by}: {found.reason}; record {found.record_id}")
+
+
+@models.command("resume")
+@click.argument("model")
+@click.option("--reason", default="", help="kept in the audit trail")
+@click.option("--models-dir", default=None)
+@click.option(
+    "--database-url", default=None, help="default: $EXPLAIN_DATABASE_URL or sqlite:///var/audit.sqlite3"
+)
+def models_resume(model: str, reason: str, models_dir: str | None, database_url: str | None) -> None:
+    """Lift the suspension of MODEL (NAME: the whole-model one; NAME@VERSION: that version's own)."""
+    from explain_service.access.commands import operator
+    from explain_service.audit.suspensions import SuspensionError
+
+    name, version = _model_target(model, models_dir)
+    try:
+        _suspensions(database_url).resume(name, version, by=operator(), reason=reason)
+    except SuspensionError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"resumed {model}")
+
+
+@models.command("suspensions")
+@click.argument("name")
+@click.option(
+    "--database-url", default=None, help="default: $EXPLAIN_DATABASE_URL or sqlite:///var/audit.sqlite3"
+)
+def models_suspensions(name: str, database_url: str | None) -> None:
+    """List the suspensions of model NAME in force."""
+    found = _suspensions(database_url).of_model(name)
+    if not found:
+        click.echo(f"{name}: not suspended")
+    for s in found:
+        where = name if s.version is None else f"{name}@{s.version}"
+        click.echo(f"{where}\t{s.scope}\tsince {s.since}\tby {s.by}\t{s.reason}")
 
 
 @main.group()
@@ -358,8 +453,40 @@ def audit_export(database_url: str | None, output: str) -> None:
     click.echo(f"head {head}{chain}", err=True)
 
 
+@audit.command("reindex")
+@click.option("--database-url", default=None)
+@click.option("--rebuild", is_flag=True, help="empty the index first and project the whole chain again")
+def audit_reindex(database_url: str | None, rebuild: bool) -> None:
+    """Bring the reviewers' search index up to the head of the chain (it is derived; the chain is the evidence).
+
+    The other derived tables (incidents, live disparity counts, report aggregates) are brought up too.
+    """
+    from explain_service.app import derived_tables
+    from explain_service.audit.projections import TrailIndex
+    from explain_service.audit.store import AuditError, AuditStore
+    from explain_service.audit.tally import Tally
+
+    settings = Settings.from_env()
+    store = AuditStore(database_url or settings.database_url)
+    index = TrailIndex(store)
+    tally = Tally(store, derived_tables(settings.models_dir))
+    try:
+        if rebuild:
+            read = index.rebuild()
+            tally.rebuild()
+        else:
+            read = index.catch_up()
+            tally.catch_up(force=True, max_records=None)
+    except AuditError as exc:
+        _cannot_read(exc)
+    click.echo(f"indexed {read} records")
+
+
 main.add_command(batch)
 main.add_command(keys)
+main.add_command(incidents)
+main.add_command(fairness)
+main.add_command(report)
 
 
 if __name__ == "__main__":

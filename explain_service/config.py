@@ -23,10 +23,15 @@ class Settings:
     request_deadline_seconds: float = 10.0
     request_max_evaluations: int = 2_000_000
     max_instances: int = 100
+    fairness_max_rows: int = 20_000
     max_body_bytes: int = 2 * 1024 * 1024
     eager_load: bool = True
     model_recheck_seconds: float = 30.0
     model_threads: int = 1
+    secret_key: str = ""  # signs the review pages' session cookie; empty: one kept in the database
+    disparity_threshold: float = 0.8  # live demographic parity ratio under which a feature is in alert
+    disparity_window_days: int = 30  # the sliding window of live disparity, in days (today included)
+    disparity_min_group: int = 30  # groups with fewer decisions in the window are shown, not compared
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:

@@ -18,6 +18,7 @@ knows its HTTP status and builds its own message from structured arguments::
     ├── NotFound (404)
     │   ├── ModelNotFound(name, version)
     │   └── ExplanationNotFound(id)
+    ├── Conflict (409)                    the resource is not in a state that allows the change
     ├── RegistryError (500 when met while serving; a CLI error otherwise)
     │   ├── IntegrityError(path, reason)  a file does not match its manifest hash
     │   ├── ArtifactRefused(path, reason) pickle, unknown format or untrusted type
@@ -26,6 +27,8 @@ knows its HTTP status and builds its own message from structured arguments::
         ├── AuditUnavailable(reason)      the audit record could not be written
         ├── ModelUnavailable(name, version, reason)
         │                                 registered, but failed verification or loading
+        ├── ModelSuspended(name, version, scope, reason)
+        │                                 an admin suspended the model or version (the stop button)
         └── DeadlineExceeded(seconds)     the request's compute deadline passed; Retry-After
 
 One handler (``explain_service.api.errors``) renders them as the JSON error
@@ -188,6 +191,10 @@ class ExplanationNotFound(NotFound):
         super().__init__(f"No explanation with id {explanation_id!r}")
 
 
+class Conflict(ServiceError):
+    status = 409
+
+
 class RegistryError(ServiceError):
     status = 500
     summary = "The model could not be loaded."
@@ -239,6 +246,22 @@ class ModelUnavailable(Unavailable):
         super().__init__(
             f"model_unavailable: model {name!r} version {version!r} cannot be served: {reason}",
             {"model": [f"{name} version {version}: {reason}"]},
+        )
+        self.name = name
+        self.version = version
+        self.reason = reason
+
+
+class ModelSuspended(Unavailable):
+    """An admin suspended the model (``scope`` "model") or this version; the reason is theirs to publish."""
+
+    detail_is_public = True
+
+    def __init__(self, name: str, version: str, scope: str, reason: str) -> None:
+        what = f"model {name!r}" if scope == "model" else f"model {name!r} version {version!r}"
+        super().__init__(
+            f"model_suspended: {what} is suspended: {reason}",
+            {"model": [f"model_suspended: {reason}"]},
         )
         self.name = name
         self.version = version

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from explain_service.logs import ACCESS_LOG_FORMAT, gunicorn_logconfig
+from explain_service.logs import gunicorn_logconfig
 
 # The threaded worker (several requests per process, HTTP/1.1 keep-alive), with gunicorn's own error
 # answers (400/414/431, timeouts) in the JSON error shape. Threads let concurrent requests of a worker
@@ -21,12 +21,13 @@ limit_request_fields = 100
 limit_request_field_size = 8190
 # One fixed control-socket path per user would be shared by every gunicorn on the machine.
 control_socket_disable = True
-# Every line, gunicorn's and the app's, carries an ISO-8601 timestamp; the access log stays off
-# unless `serve --access-log` (or EXPLAIN_ACCESS_LOG=1) asks for it.
+# Every line, gunicorn's and the app's, is one JSON object (explain_service/logs.py); the access log
+# stays off unless `serve --access-log` (or EXPLAIN_ACCESS_LOG=1) asks for it, and then carries the
+# app's request fields (explain_service/gunicorn_log.py).
 logconfig_dict = gunicorn_logconfig(
     access_log=os.environ.get("EXPLAIN_ACCESS_LOG", "").lower() in ("1", "true", "yes", "on")
 )
-access_log_format = ACCESS_LOG_FORMAT
+logger_class = "explain_service.gunicorn_log.JsonAccessLogger"
 # Native libraries get one thread per request thread (XGBoost's nthread is set per model, see
 # registry/model.py); concurrency comes from worker processes and their request threads.
 raw_env = ["OMP_NUM_THREADS=1", "OPENBLAS_NUM_THREADS=1", "MKL_NUM_THREADS=1"]

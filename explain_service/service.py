@@ -23,10 +23,12 @@ from explain_service.explainers.base import plain
 from explain_service.explainers.counterfactual import counterfactual_goals
 from explain_service.explainers.reasons import reasons
 from explain_service.registry.model import LoadedModel, Prepared, Rows
+from explain_service.registry.review_rules import manifest_sensitive, review_of
 
 METHOD_ORDER = ("shap", "lime", "counterfactual")
 SAME_TARGET: Any = object()  # counterfactuals aim as the request's target says
 STRICT_RANGES = "strict_ranges"  # options.strict_ranges: refuse values outside the observed ranges
+MAX_REFERENCE = 128  # characters of a caller's reference
 
 
 class Recorder(Protocol):
@@ -151,6 +153,7 @@ class ExplainService:
         record: bool = True,
         instances: list[dict[str, Any]] | None = None,
         counterfactual_target: Any = SAME_TARGET,
+        references: list[str | None] | None = None,
     ) -> dict[str, Any]:
         """Predict once, run every requested method, record, and answer.
 
@@ -158,7 +161,9 @@ class ExplainService:
         (a plain frame is prepared here); ``instances`` are the validated records behind them
         when the caller has them. ``counterfactual_target`` (a batch job whose attributions
         explain one default class) lets counterfactuals aim elsewhere; it is recorded with the
-        request so the record replays.
+        request so the record replays. ``references`` (one per row, or None) are the caller's own
+        case numbers: recorded and answered, never shown to the model. Each answer carries
+        ``review`` (the model's routing rules, :mod:`explain_service.registry.review_rules`).
         """
         strict = (options or {}).get(STRICT_RANGES, False)
         loaded = self.load_options(methods, {k: v for k, v in (options or {}).items() if k != STRICT_RANGES})
@@ -167,7 +172,7 @@ class ExplainService:
         target_index = self.resolve_target(model, target)
         if not isinstance(rows, Prepared):
             rows = model.prepare(rows)
-        flags = model.schema.flags(rows.frame)
+        flags = model.schema.flags(rows.column_arrays())
         if strict:
             _refuse_out_of_range(model, flags)
         pred = self.predict(model, rows)
@@ -191,18 +196,36 @@ class ExplainService:
         request = {"methods": methods, "target": target, "options": options or {}}
         if counterfactual_target is not SAME_TARGET:
             request["counterfactual_target"] = counterfactual_target
+        refs = references if references is not None else [None] * len(explanations)
+        sensitive = manifest_sensitive(model.manifest)
         entries = [
-            {"instance": inst, "request": request, "explanation": exp}
-            for inst, exp in zip(instances, explanations, strict=True)
+            {
+                "instance": inst,
+                "request": request,
+                "explanation": exp,
+                "reference": ref,
+                "review": review_of(model.manifest.review_rules, exp, sensitive),
+            }
+            for inst, exp, ref in zip(instances, explanations, refs, strict=True)
         ]
         if record and self.recorder is not None:
             ids = self.recorder.record(model, entries, caller)
         else:
             ids = [uuid.uuid4().hex for _ in entries]
-        answer_items = []
-        for record_id, exp in zip(ids, explanations, strict=True):
-            answer_items.append({"id": record_id, **exp, "plots": plot_urls(record_id, exp)})
-        return {"model": model_ref(model), "explanations": answer_items}
+        return {
+            "model": model_ref(model),
+            "explanations": [answer_item(i, e) for i, e in zip(ids, entries, strict=True)],
+        }
+
+
+def answer_item(record_id: str, entry: dict[str, Any]) -> dict[str, Any]:
+    """One explanation as answered: its record id, the explanation, the review routing, reference, plots."""
+    explanation = entry["explanation"]
+    item = {"id": record_id, **explanation, "review": entry["review"]}
+    if entry.get("reference") is not None:
+        item["reference"] = entry["reference"]
+    item["plots"] = plot_urls(record_id, explanation)
+    return item
 
 
 def item_reasons(

@@ -28,12 +28,12 @@ from marshmallow import Schema, ValidationError, fields, validate
 
 from explain_service.errors import MAX_LISTED_ERRORS, ValidationFailed, flatten_errors
 from explain_service.fields import StrictBoolean, StrictFloat, StrictInteger
-from explain_service.registry.model import LoadedModel
+from explain_service.registry.model import LoadedModel, Prepared
 from explain_service.registry.schema import (
     INTEGER_BOUND,
     NUMERIC_BOUND,
     Feature,
-    frame_from_records,
+    columns_from_records,
 )
 
 TRANSFORMED_OUT_OF_RANGE = "Out of range once preprocessed for the model; use a smaller magnitude."
@@ -191,17 +191,25 @@ def _known(model: LoadedModel, inst: dict[str, Any]) -> dict[str, Any]:
     return {k: inst[k] for k in model.schema.names if k in inst}
 
 
-def _transform(model: LoadedModel, rows: pd.DataFrame) -> np.ndarray:
-    with np.errstate(over="ignore", invalid="ignore"):
-        return model.transform(rows)
-
-
 def validate_instances(
     model: LoadedModel, instances: list[Any], *, field: str = "instances"
 ) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
     """Validate raw instances against the model's schema; return typed rows and the clean records.
 
     Raises :class:`~explain_service.errors.ValidationFailed` naming ``<field>.<i>.<feature>``.
+    """
+    rows, clean = validate_prepared(model, instances, field=field)
+    return rows.frame, clean
+
+
+def validate_prepared(
+    model: LoadedModel, instances: list[Any], *, field: str = "instances"
+) -> tuple[Prepared, list[dict[str, Any]]]:
+    """As :func:`validate_instances`, with the typed rows prepared for ``model``.
+
+    The matrix that the overflow check reads is the one the prediction and every method use:
+    a request's rows are turned into column arrays and a matrix once each (and into a frame
+    only when a method needs one).
     """
     schema = instance_schema(model)
     fast = fast_checker(model)
@@ -222,8 +230,9 @@ def validate_instances(
             errors.update(flatten_errors(exc.messages, f"{field}.{i}"))
     if errors:
         raise ValidationFailed(errors)
-    rows = frame_from_records(model.schema, clean)
-    overflow = transformed_errors(model, _transform(model, rows))
+    with np.errstate(over="ignore", invalid="ignore"):
+        rows = model.prepare_columns(columns_from_records(model.schema, clean))
+    overflow = transformed_errors(model, rows.matrix)
     if overflow:
         raise ValidationFailed(
             {

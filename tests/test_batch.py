@@ -21,7 +21,6 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from explain_service.audit import AuditStore
 from explain_service.batch.command import batch
 from explain_service.batch.engines import ModelBundle
 from explain_service.batch.job import JobSpec, prepare
@@ -273,11 +272,12 @@ def test_missing_feature_columns_fail_before_any_work(batch_models: Path, tmp_pa
 
 @dataclass
 class FakeModel:
-    """Just what validation needs: a name, a hash and a schema with every kind of feature."""
+    """Just what validation needs: a name, a hash, a schema with every kind of feature, no preprocessing."""
 
     name: str
     sha256: str
     schema: FeatureSchema
+    preprocessor: None = None
 
 
 MIXED = FakeModel(
@@ -328,41 +328,7 @@ def test_vectorised_validation_accepts_exactly_what_the_instance_schema_accepts(
 # -- audit -------------------------------------------------------------------------------------------
 
 
-def test_audit_stores_one_record_per_explained_row_and_never_twice(
-    batch_models: Path, tmp_path: Path
-) -> None:
-    source = german_rows(30, seed=12).astype({"age": object})
-    source.loc[4, "age"] = "x"
-    source.to_csv(tmp_path / "in.csv", index=False)
-    url = f"sqlite:///{tmp_path}/audit.sqlite3"
-    common = ["--model", "german-credit", "--input", str(tmp_path / "in.csv"), "--chunk-size", "8"]
-    code, output = run(batch_models, *common, "--output", str(tmp_path / "plain.parquet"))
-    assert code == 0, output
-    code, output = run(
-        batch_models, *common, "--output", str(tmp_path / "a.parquet"), "--audit", "--database-url", url
-    )
-    assert code == 0, output
-    assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "plain.parquet").read_bytes()
-
-    spec = JobSpec(
-        model="german-credit", input=tmp_path / "in.csv", output=tmp_path / "a.parquet",
-        models_dir=batch_models, chunk_size=8, audit_url=url,
-    )  # fmt: skip
-    job = prepare(spec).plan.audit_job
-    out = pd.read_parquet(tmp_path / "a.parquet")
-    with AuditStore(url) as store:
-        assert store.count() == 29 and store.verify().ok
-        record = store.get(f"b{job}-5")
-        assert record is not None and store.get(f"b{job}-4") is None
-        shap = record.body["explanation"]["shap"]
-        assert shap["values"]["age"] == out["shap.age"].iloc[4]
-        assert record.body["instance"]["age"] == int(out["age"].iloc[4]) and record.caller == "batch"
-    code, output = run(
-        batch_models, *common, "--output", str(tmp_path / "a.parquet"), "--audit", "--database-url", url
-    )
-    assert code == 0, output
-    with AuditStore(url) as store:
-        assert store.count() == 29
+# Audit records, their ids and the caller's id columns: tests/test_batch_ids.py.
 
 
 # -- resume and exactly-once -------------------------------------------------------------------------

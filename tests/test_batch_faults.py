@@ -286,7 +286,7 @@ TYPED = FeatureSchema(
 
 
 class FakeModel:
-    name, sha256, schema = "typed", "1" * 64, TYPED
+    name, sha256, schema, preprocessor = "typed", "1" * 64, TYPED, None
 
 
 def test_typed_values_are_judged_by_type_and_match_the_instance_schema() -> None:
@@ -350,3 +350,36 @@ def test_progress_lines_start_with_a_utc_timestamp(demo_models_dir: Path, tmp_pa
         when = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
         assert before <= when <= after + timedelta(seconds=1), line
         assert rest.startswith(("batch: ", "done: ")), line
+
+
+# -- 5. values that overflow once preprocessed ------------------------------------------------------
+
+
+def test_a_row_that_overflows_once_scaled_is_rejected_as_the_api_rejects_it(
+    demo_models_dir: Path, tmp_path: Path
+) -> None:
+    from explain_service.errors import ValidationFailed
+    from explain_service.registry.store import ModelRegistry
+    from explain_service.validation import validate_instances
+
+    model = ModelRegistry(demo_models_dir).get("wine-mlp")
+    scales = dict(zip(model.schema.names, model.preprocessor.scale_, strict=True))  # a StandardScaler
+    feature = min(scales, key=scales.get)
+    assert scales[feature] < 1  # 3e38 is a valid float32 input that leaves the range once scaled
+    rows = model.background.iloc[:5].astype({feature: float}).reset_index(drop=True)
+    rows.loc[3, feature] = 3e38
+    rows.to_csv(tmp_path / "in.csv", index=False)
+    argv = ["--models-dir", str(demo_models_dir), "--progress-every", "0", "--model", "wine-mlp"]
+    out = tmp_path / "out.parquet"
+    result = CliRunner().invoke(batch, [*argv, "--input", str(tmp_path / "in.csv"), "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    with pytest.raises(ValidationFailed) as api:
+        validate_instances(model, [rows.iloc[3].to_dict()])
+    assert [(r["row"], r["errors"]) for r in rejected(out)] == [
+        (3, {feature: api.value.errors[f"instances.0.{feature}"]})
+    ]
+    explained = pd.read_parquet(out)
+    assert (
+        len(explained) == 4
+        and np.isfinite(explained.filter(like="shap.").select_dtypes("number")).all().all()
+    )

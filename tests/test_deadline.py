@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 from explain_service.app import create_app
 from explain_service.deadline import check_deadline, deadline_scope
 from explain_service.errors import DeadlineExceeded
+from explain_service.explainers import _tabular, lime
 
 WINE = "/v1/models/wine-mlp:explain"  # the model-agnostic demo model
 
@@ -52,6 +54,49 @@ def test_the_deadline_stops_the_most_expensive_legal_request(timed) -> None:
     assert audit.count() == before  # nothing recorded for an unanswered request
     cheap = client.post(WINE, json={"instances": instances[:1], "methods": ["shap"]})
     assert cheap.status_code == 200 and audit.count() == before + 1
+
+
+@pytest.mark.parametrize("model", ["wine-mlp", "german-credit"])
+def test_lime_at_its_largest_legal_options_stops_within_the_deadline_plus_a_second(timed, model: str) -> None:
+    app, client, _ = timed
+    audit = app.extensions["explain"].audit
+    rows = app.extensions["explain"].registry.get(model).background.iloc[:10]
+    instances = [
+        {k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()} for r in rows.to_dict("records")
+    ]
+    path = f"/v1/models/{model}"
+    assert client.post(f"{path}:predict", json={"instances": instances}).status_code == 200
+    before = audit.count()
+    # 10 rows x 20,000 samples x 10 seeds: exactly the per-request budget; one row alone takes over a
+    # second on this machine, so the checks must come inside a row, not only between rows.
+    options = {"lime": {"num_samples": 20_000, "stability": 10}}
+    started = time.monotonic()
+    r = client.post(f"{path}:explain", json={"instances": instances, "methods": ["lime"], "options": options})
+    elapsed = time.monotonic() - started
+    assert r.status_code == 503, r.get_json()
+    assert r.get_json()["errors"] == {"_request": ["deadline_exceeded"]}
+    assert elapsed < 0.25 + 1.0
+    assert audit.count() == before
+
+
+def test_lime_checks_the_deadline_throughout_a_row_not_only_between_rows(
+    registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a loaded machine one row at the largest options takes seconds: no stretch may go unchecked."""
+    checks: list[float] = []
+    monkeypatch.setattr(lime, "check_deadline", lambda: checks.append(time.perf_counter()))
+    monkeypatch.setattr(_tabular, "check_deadline", lambda: checks.append(time.perf_counter()), raising=False)
+    model = registry.get("german-credit")
+    options = lime.LimeOptions().load({"num_samples": 20_000, "stability": 10})
+    lime.LimeExplainer().explain(model, model.background.iloc[:1], None, options)  # warm the caches
+    checks.clear()
+    started = time.perf_counter()
+    lime.LimeExplainer().explain(model, model.background.iloc[:1], None, options)
+    finished = time.perf_counter()
+    moments = [started, *checks, finished]
+    longest = max(b - a for a, b in itertools.pairwise(moments))
+    assert len(checks) >= 20
+    assert longest < 0.3 * (finished - started), (longest, finished - started)
 
 
 @pytest.mark.parametrize(

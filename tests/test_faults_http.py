@@ -20,12 +20,12 @@ import orjson
 import pytest
 
 from explain_service.api.health import REQUESTS
-from explain_service.logs import IsoFormatter
+from explain_service.logs import json_formatter
 from tests._gunicorn import ROOT, TINY_MODEL, Answer, LiveServer, parse_raw, serve_in
 
 pytestmark = pytest.mark.slow
 
-ISO_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00 \[\d+\] [A-Z]+ [\w.]+: ")
+ISO_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00$")
 TINY_ROW = {"x1": 0.5, "x2": -1.0}
 DEAD_POSTGRES = "postgresql+psycopg://auditor:s3cret@127.0.0.1:9/ledger_db"
 
@@ -221,11 +221,13 @@ def test_a_registry_error_names_no_path_in_its_answer(app, client, monkeypatch: 
     assert re.fullmatch(r"[0-9a-f]{32}", r.headers["X-Request-ID"])
 
 
-def test_iso_formatter_stamps_utc_milliseconds() -> None:
-    record = logging.LogRecord("explain_service.x", logging.INFO, __file__, 1, "hello", None, None)
+def test_the_json_formatter_stamps_utc_time_and_names_level_logger_and_pid() -> None:
+    record = logging.LogRecord("explain_service.x", logging.INFO, __file__, 1, "hello %s", ("there",), None)
     record.created = 1_700_000_000.25
-    line = IsoFormatter("%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s").format(record)
-    assert line.startswith("2023-11-14T22:13:20.250+00:00 [") and ISO_LINE.match(line)
+    line = orjson.loads(json_formatter().format(record))
+    assert line["timestamp"] == "2023-11-14T22:13:20.250+00:00"
+    assert (line["level"], line["logger"], line["message"]) == ("INFO", "explain_service.x", "hello there")
+    assert line["pid"] == record.process
 
 
 @pytest.mark.parametrize(("loglevel", "access_log"), [("warning", False), ("debug", True)])
@@ -251,15 +253,17 @@ def test_the_log_config_keeps_gunicorns_log_level_and_access_switch(loglevel: st
     assert access_level == (logging.INFO if access_log else logging.WARNING)
 
 
-def test_every_live_log_line_has_an_iso_timestamp(live_server: LiveServer) -> None:
+def test_every_live_log_line_is_one_json_object_with_a_timestamp(live_server: LiveServer) -> None:
     live_server.raw(b"GARBAGE\r\n\r\n")  # gunicorn logs a warning from the worker
     deadline = time.monotonic() + 10
     while "refused request" not in live_server.logs() and time.monotonic() < deadline:
         time.sleep(0.1)
-    lines = [line for line in live_server.logs().splitlines() if line.strip()]
-    assert any("gunicorn.error: Booting worker" in line for line in lines)
-    assert any("explain_service.cli: explain-service on" in line for line in lines)
-    undated = [line for line in lines if not ISO_LINE.match(line)]
+    lines = [orjson.loads(line) for line in live_server.logs().splitlines() if line.strip()]
+    assert any(ln["logger"] == "gunicorn.error" and "Booting worker" in ln["message"] for ln in lines)
+    assert any(
+        ln["logger"] == "explain_service.cli" and "explain-service on" in ln["message"] for ln in lines
+    )
+    undated = [ln for ln in lines if not ISO_TIME.match(ln.get("timestamp", ""))]
     assert not undated, undated
 
 
@@ -320,8 +324,8 @@ def test_an_unreachable_audit_database_is_a_503_without_its_address(fragile_serv
     deadline = time.monotonic() + 10
     while "db-9" not in fragile_server.logs() and time.monotonic() < deadline:
         time.sleep(0.1)
-    logged = [line for line in fragile_server.logs().splitlines() if "db-9" in line]
-    assert logged and ISO_LINE.match(logged[0]), logged
+    logged = [orjson.loads(line) for line in fragile_server.logs().splitlines() if "db-9" in line]
+    assert logged and logged[0]["request_id"] == "db-9" and ISO_TIME.match(logged[0]["timestamp"]), logged
 
 
 def test_a_model_unavailable_answer_keeps_its_path_free_detail(

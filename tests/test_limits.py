@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import os
+import random
+import threading
+import time
 import uuid
 from pathlib import Path
 
 import pytest
 from flask import Flask
+from limits import parse
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
 
+from explain_service.access import memory
 from explain_service.access.costs import Work, measure
+from explain_service.access.memory import WindowMemoryStorage
 from explain_service.app import create_app
 from tests.conftest import GERMAN_ROW
 
@@ -114,3 +122,32 @@ def test_redis_storage_shares_one_budget_between_workers(demo_models_dir: Path, 
     first, second = first_app.test_client(), second_app.test_client()
     statuses = [c.get(CHEAP, headers=a).status_code for c in (first, second, first, second, first, second)]
     assert statuses == [200, 200, 200, 200, 429, 429]
+
+
+def test_the_in_process_store_admits_exactly_what_limits_own_memory_store_admits(monkeypatch) -> None:
+    """Same hits, same clock: the same answers and window stats as limits' MemoryStorage, no thread."""
+    now = [1_000_000.0]
+    monkeypatch.setattr(time, "time", lambda: now[0])
+    ours = MovingWindowRateLimiter(WindowMemoryStorage())
+    reference = MovingWindowRateLimiter(MemoryStorage())
+    threads = threading.active_count()
+    item = parse("10/minute")
+    rng = random.Random(7)
+    for _ in range(400):
+        now[0] += rng.choice([0.5, 2.0, 7.0, 13.0])
+        key, cost = rng.choice(["a", "b"]), rng.choice([1, 1, 2, 3, 9, 11])
+        assert ours.hit(item, key, cost=cost) == reference.hit(item, key, cost=cost)
+        assert ours.get_window_stats(item, key) == reference.get_window_stats(item, key)
+    assert threading.active_count() == threads  # no expiry thread per hit
+
+
+def test_the_in_process_store_forgets_idle_keys(monkeypatch) -> None:
+    now = [1_000_000.0]
+    monkeypatch.setattr(time, "time", lambda: now[0])
+    store = WindowMemoryStorage()
+    limiter = MovingWindowRateLimiter(store)
+    for n in range(100):
+        assert limiter.hit(parse("5/minute"), f"key{n}")
+    now[0] += memory.SWEEP_SECONDS + 61
+    assert limiter.hit(parse("5/minute"), "fresh")
+    assert store.reset() == 1

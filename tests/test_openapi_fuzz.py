@@ -30,6 +30,8 @@ OPERATIONS = [
     "GET /v1/explanations/{record_id}",
     "GET /v1/explanations/{record_id}/verify",
     "GET /v1/explanations/{record_id}/plots/{plot}.png",
+    "GET /v1/explanations/{record_id}/reviews",
+    "POST /v1/explanations/{record_id}/reviews",
 ]
 
 
@@ -213,3 +215,28 @@ def test_the_document_refuses_what_the_service_does_not_send(response_validator)
     ):
         with pytest.raises(jsonschema.ValidationError):
             validator.validate({**base, "explanations": [{"id": "x", **bad}]})
+
+
+def test_review_and_suspension_answers_match_the_openapi_document(client_module, response_validator) -> None:
+    body = {"instances": [GERMAN_ROW], "references": ["case 1"]}
+    r = client_module.post("/v1/models/german-credit:explain", json=body)
+    item = r.get_json()["explanations"][0]
+    response_validator("/v1/models/{name}:explain", "post").validate(r.get_json())
+    assert item["reference"] == "case 1" and isinstance(item["review"]["required"], bool)
+    path = f"/v1/explanations/{item['id']}/reviews"
+    r = client_module.post(path, json={"action": "override", "comment": "c", "decision": "bad"})
+    assert r.status_code == 201, r.get_json()
+    response_validator("/v1/explanations/{record_id}/reviews", "post", "201").validate(r.get_json())
+    response_validator("/v1/explanations/{record_id}/reviews", "get").validate(
+        client_module.get(path).get_json()
+    )
+    stored = client_module.get(f"/v1/explanations/{item['id']}").get_json()
+    response_validator("/v1/explanations/{record_id}", "get").validate(stored)
+    assert stored["status"] == "overridden"
+    r = client_module.post("/v1/models/wine-mlp/versions/1:suspend", json={"reason": "schema check"})
+    response_validator("/v1/models/{name}/versions/{version}:suspend", "post").validate(r.get_json())
+    described = client_module.get("/v1/models/wine-mlp/versions/1").get_json()
+    response_validator("/v1/models/{name}/versions/{version}", "get").validate(described)
+    assert described["suspension"]["reason"] == "schema check"
+    r = client_module.post("/v1/models/wine-mlp/versions/1:resume", json={})
+    response_validator("/v1/models/{name}/versions/{version}:resume", "post").validate(r.get_json())

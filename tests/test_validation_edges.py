@@ -24,12 +24,11 @@ import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from marshmallow import ValidationError
 
 from explain_service.app import create_app
 from explain_service.registry import register_model
 from explain_service.registry.schema import INTEGER_BOUND, NUMERIC_BOUND
-from explain_service.validation import fast_checker, instance_schema
+from tests._agreement import checked_both_ways
 from tests.conftest import GERMAN_ROW, OPEN_ACCESS
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -256,13 +255,7 @@ def test_fast_path_and_schema_agree_at_the_range_edges(registry, value, which) -
     name = "german-credit" if which == "credit_amount" else "breast-cancer-forest"
     model = registry.get(name)
     row = {**(GERMAN_ROW if name == "german-credit" else background_row(registry, name)), which: value}
-    fast = fast_checker(model)(row)
-    try:
-        slow = instance_schema(model).load(row)
-    except ValidationError:
-        slow = None
-    if fast is not None:
-        assert slow == fast and all(type(fast[k]) is type(slow[k]) for k in fast)
+    slow = checked_both_ways(model, row)
     if slow is not None:
         bound = INTEGER_BOUND if which == "credit_amount" else NUMERIC_BOUND
         assert abs(slow[which]) <= bound

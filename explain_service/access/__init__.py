@@ -2,11 +2,12 @@
 
 ::
 
-    keys.py      API keys in the audit database (hash only), with a one-second lookup cache
+    keys.py      API keys in the audit database (hash only, on the audit store's engine), one-second cache
     rules.py     endpoint -> least role; routes that show one record are owner-checked
     guard.py     the one before_request: 401 / 403, ``g.principal``; the owner check for records
     costs.py     what a request declares it will cost; the per-request evaluation budget
     limits.py    per-key rate limits (flask-limiter) and the daily counterfactual quota
+    memory.py    the per-process moving-window store behind ``memory://`` limits
     headers.py   security headers; no gunicorn banner
 
 Per request, in order: the deadline starts, the guard authenticates and authorises, an ``:explain``
@@ -17,7 +18,6 @@ and the headers are added. Nothing here imports the API or the pages; they impor
 from __future__ import annotations
 
 import contextlib
-from typing import Any
 
 from flask import Flask, current_app, g, request
 
@@ -32,6 +32,7 @@ from explain_service.access.guard import (
     require_owner,
 )
 from explain_service.access.keys import ApiKey, KeyAdminError, KeyStore
+from explain_service.audit.store import AuditStore
 from explain_service.config import Settings
 from explain_service.errors import ServiceError
 
@@ -49,9 +50,9 @@ __all__ = [
 ]
 
 
-def init_app(app: Flask, settings: Settings, audit: Any) -> Access:
+def init_app(app: Flask, settings: Settings, audit: AuditStore) -> Access:
     """Install the access layer on ``app``; call before the API's blueprints are registered."""
-    state = Access(keys=KeyStore(settings.database_url, audit), required=settings.auth != "off")
+    state = Access(keys=KeyStore(audit), required=settings.auth != "off")
     app.extensions["explain_access"] = state
 
     if settings.request_deadline_seconds > 0:

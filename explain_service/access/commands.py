@@ -5,10 +5,13 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import click
 
 from explain_service.access.keys import ROLES, KeyAdminError, KeyStore
+from explain_service.audit.errors import AuditError
 from explain_service.config import Settings
 
 LOOPBACK_NAMES = ("localhost", "ip6-localhost")
@@ -17,10 +20,25 @@ log = logging.getLogger("explain_service.cli")
 
 def key_store(database_url: str | None = None) -> KeyStore:
     """The keys of ``database_url`` (default: the service's), recording changes in its audit trail."""
-    from explain_service.audit.store import AuditStore
+    return KeyStore(database_url or Settings.from_env().database_url)
 
-    url = database_url or Settings.from_env().database_url
-    return KeyStore(url, AuditStore(url))
+
+class StoreUnusable(click.ClickException):
+    """The database holding the keys cannot be used (exit status 2, like a usage error)."""
+
+    exit_code = 2
+
+
+@contextmanager
+def store_errors() -> Iterator[None]:
+    """Turn a key store that cannot be reached or written into one clear line and exit status 2."""
+    try:
+        yield
+    except KeyAdminError as exc:
+        raise click.ClickException(str(exc)) from None
+    except AuditError as exc:
+        detail = getattr(exc, "detail", "") or str(exc)
+        raise StoreUnusable(f"the key store cannot be used: {detail}") from None
 
 
 def operator() -> str:
@@ -58,10 +76,8 @@ def keys() -> None:
 @_DB
 def keys_create(role: str, name: str, database_url: str | None) -> None:
     """Create a key and print it once (the last word of the last line)."""
-    try:
+    with store_errors():
         key = key_store(database_url).create(name, role, by=operator())
-    except KeyAdminError as exc:
-        raise click.ClickException(str(exc)) from None
     click.echo(f"created {role} key {name!r}; it is shown only now, keep it secret:")
     click.echo(key)
 
@@ -70,7 +86,8 @@ def keys_create(role: str, name: str, database_url: str | None) -> None:
 @_DB
 def keys_list(database_url: str | None) -> None:
     """Name, role, created, last used and revoked, oldest first."""
-    found = key_store(database_url).list()
+    with store_errors():
+        found = key_store(database_url).list()
     if not found:
         click.echo("no keys")
         return
@@ -84,10 +101,8 @@ def keys_list(database_url: str | None) -> None:
 @_DB
 def keys_revoke(name: str, database_url: str | None) -> None:
     """Revoke a key; every worker refuses it within two seconds."""
-    try:
+    with store_errors():
         revoked = key_store(database_url).revoke(name, by=operator())
-    except KeyAdminError as exc:
-        raise click.ClickException(str(exc)) from None
     click.echo(f"revoked {revoked.name} at {revoked.revoked_at}")
 
 
@@ -103,9 +118,10 @@ def prepare_serve(settings: Settings, host: str, port: int, scheme: str) -> None
         return
     store = key_store(settings.database_url)
     try:
-        if store.list():
-            return
-        key = store.create("admin", "admin", by="serve:first-start")
+        with store_errors():
+            if store.list():
+                return
+            key = store.create("admin", "admin", by="serve:first-start")
     finally:
         store.close()
     base = f"{scheme}://{'localhost' if is_loopback(host) else host}:{port}"

@@ -23,6 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from explain_service.access.keys import KeyStore
 from explain_service.access.rules import at_least, rule_for
+from explain_service.audit.errors import AuditError
 from explain_service.errors import ExplanationNotFound, Forbidden, Unauthorized, Unavailable
 
 
@@ -103,7 +104,7 @@ def authenticate(access: Access) -> Principal | None:
         raise Unauthorized("Use 'Authorization: Bearer <key>'", invalid=True)
     try:
         key = access.keys.authenticate(token)
-    except SQLAlchemyError:
+    except (SQLAlchemyError, AuditError):
         raise Unavailable("The key store does not answer; retry shortly") from None
     if key is None:
         raise Unauthorized("The key is not valid (unknown or revoked)", invalid=True)

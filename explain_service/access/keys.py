@@ -10,10 +10,11 @@ bits). Only its SHA-256 is stored: a stolen table grants nothing, and a plain ha
 the key is a random token, not a password (no dictionary to try). A presented key is found by its hash
 through the unique index and then compared with :func:`hmac.compare_digest`.
 
-Each worker caches a lookup (found or not) for at most :data:`CACHE_SECONDS`, so a revoked key is
-refused everywhere within that time plus one database round trip. ``last_used_at`` is written at most
-once a minute per key and worker: a cheap hint for ``keys list``, not an access log (the audit records
-name their key in ``caller``).
+The table is defined with the audit schema (:data:`.audit.schema.api_keys`) and reached through the
+audit store's engine. Each worker caches a lookup (found or not) for at most :data:`CACHE_SECONDS`, so
+a revoked key is refused everywhere within that time plus one database round trip. ``last_used_at`` is
+written at most once a minute per key and worker: a cheap hint for ``keys list``, not an access log
+(the audit records name their key in ``caller``).
 
 Creating and revoking a key are audit-chain records (``{"kind": "access", "event": "key.created" |
 "key.revoked", "name", "role", "by"}``), so who was granted access is as tamper-evident as what was
@@ -25,34 +26,20 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import re
 import secrets
 import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
-from sqlalchemy import (
-    Column,
-    Engine,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    delete,
-    insert,
-    inspect,
-    select,
-    update,
-)
-from sqlalchemy.engine import make_url
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from explain_service.audit.backends import postgresql_engine, sqlite_engine
 from explain_service.audit.chain import utc_text
+from explain_service.audit.errors import AuditError
+from explain_service.audit.schema import api_keys
 from explain_service.audit.store import AuditEntry, AuditStore, AuditWriteError
 
 ROLES = ("explain", "review", "admin")
@@ -61,19 +48,9 @@ CACHE_SECONDS = 1.0
 TOUCH_SECONDS = 60.0
 _CACHE_SIZE = 4096
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
-
-metadata = MetaData()
-api_keys = Table(
-    "api_keys",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("name", String(64), nullable=False, unique=True),
-    Column("role", String(16), nullable=False),
-    Column("key_sha256", String(64), nullable=False, unique=True),
-    Column("created_at", String(32), nullable=False),
-    Column("last_used_at", String(32), nullable=True),
-    Column("revoked_at", String(32), nullable=True),
-)
+# Callers that are not keys: batch jobs recorded as "batch" before they became "(batch)". A key with such
+# a name would own, and could read, every record they wrote.
+RESERVED_NAMES = frozenset({"batch"})
 
 
 class KeyAdminError(Exception):
@@ -110,29 +87,22 @@ def _now() -> str:
 
 
 class KeyStore:
-    """API keys in the audit database (SQLite or PostgreSQL), with a short per-process lookup cache."""
+    """API keys in the audit database (SQLite or PostgreSQL), with a short per-process lookup cache.
 
-    def __init__(self, url: str, audit: AuditStore | None = None, *, timeout: float = 10.0) -> None:
-        self.url = make_url(url)
-        self.audit = audit
-        backend = self.url.get_backend_name()
-        if backend == "sqlite":
-            database = self.url.database or ""
-            if database and not self.url.query.get("uri"):
-                Path(database).parent.mkdir(parents=True, exist_ok=True)
-            self._engine: Engine = sqlite_engine(self.url, timeout, "full")
-        elif backend == "postgresql":
-            self._engine = postgresql_engine(self.url, timeout)
-        else:
-            raise ValueError(f"keys live in sqlite or postgresql, not {backend!r}")
-        self._pid = os.getpid()
-        self._ready = False
+    The keys live on the audit store's own engine (:meth:`.AuditStore.connection`): one engine per
+    process, the same fork handling, schema creation and SQLite file-identity check as the chain. A
+    URL opens a store of its own (the command line); the service passes its store. Nothing touches the
+    database until the first call, so an unusable store surfaces there, as an :class:`.AuditError`.
+    """
+
+    def __init__(self, audit: AuditStore | str) -> None:
+        self.audit = audit if isinstance(audit, AuditStore) else AuditStore(audit)
         self._lock = threading.Lock()
         self._cache: dict[str, tuple[float, ApiKey | None]] = {}
         self._touched: dict[str, float] = {}
 
     def close(self) -> None:
-        self._engine.dispose()
+        self.audit.close()
 
     # -- administration ---------------------------------------------------------------------------
     def create(self, name: str, role: str, *, by: str = "cli") -> str:
@@ -143,28 +113,27 @@ class KeyStore:
             raise KeyAdminError(
                 "a key name is 1-64 letters, digits and . _ @ -, starting with a letter or digit"
             )
+        if name.lower() in RESERVED_NAMES:
+            raise KeyAdminError(f"the key name {name!r} is reserved (batch jobs' records name it as caller)")
         key = new_key()
-        engine = self._ready_engine()
+        row = {"name": name, "role": role, "key_sha256": key_hash(key), "created_at": _now()}
         try:
-            with engine.begin() as conn:
-                conn.execute(
-                    insert(api_keys).values(name=name, role=role, key_sha256=key_hash(key), created_at=_now())
-                )
+            with self.audit.connection(write=True) as conn:
+                conn.execute(insert(api_keys).values(**row))
         except IntegrityError:
             raise KeyAdminError(f"a key named {name!r} exists already (names are never reused)") from None
         try:
             self._record("key.created", name, role, by)
         except KeyAdminError:
             # Nobody has seen the key yet: without its audit record it must not exist.
-            with engine.begin() as conn:
+            with self.audit.connection(write=True) as conn:
                 conn.execute(delete(api_keys).where(api_keys.c.name == name))
             raise
         return key
 
     def revoke(self, name: str, *, by: str = "cli") -> ApiKey:
         """Revoke the key ``name``; refused by every worker within :data:`CACHE_SECONDS` plus a lookup."""
-        engine = self._ready_engine()
-        with engine.begin() as conn:
+        with self.audit.connection(write=True) as conn:
             row = conn.execute(select(api_keys).where(api_keys.c.name == name)).first()
             if row is None:
                 raise KeyAdminError(f"no key named {name!r}")
@@ -180,18 +149,23 @@ class KeyStore:
 
     def list(self) -> list[ApiKey]:
         """Every key, oldest first."""
-        with self._ready_engine().connect() as conn:
+        with self.audit.connection() as conn:
             rows = conn.execute(select(api_keys).order_by(api_keys.c.id)).all()
         return [_key(row) for row in rows]
 
     def get(self, name: str) -> ApiKey | None:
-        with self._ready_engine().connect() as conn:
+        """The key named ``name`` (revoked or not), or None."""
+        with self.audit.connection() as conn:
             row = conn.execute(select(api_keys).where(api_keys.c.name == name)).first()
         return None if row is None else _key(row)
 
     # -- the request path -------------------------------------------------------------------------
     def authenticate(self, presented: str) -> ApiKey | None:
-        """The active key ``presented`` is, or None; cached per process for at most a second."""
+        """The active key ``presented`` is, or None; cached per process for at most a second.
+
+        Raises :class:`.AuditError` or :class:`~sqlalchemy.exc.SQLAlchemyError` when the database
+        cannot say (the caller answers 503, never lets the key in).
+        """
         if not presented.startswith(KEY_PREFIX) or len(presented) > 128:
             return None
         digest = key_hash(presented)
@@ -200,15 +174,16 @@ class KeyStore:
         if cached is not None and now - cached[0] < CACHE_SECONDS:
             return cached[1]
         found = self._lookup(digest)
-        if len(self._cache) >= _CACHE_SIZE:
-            self._cache.clear()
-        self._cache[digest] = (now, found)
+        with self._lock:
+            if len(self._cache) >= _CACHE_SIZE:
+                self._cache.clear()
+            self._cache[digest] = (now, found)
         if found is not None:
             self._touch(found.name, now)
         return found
 
     def _lookup(self, digest: str) -> ApiKey | None:
-        with self._ready_engine().connect() as conn:
+        with self.audit.connection() as conn:
             row = conn.execute(select(api_keys).where(api_keys.c.key_sha256 == digest)).first()
         if row is None or not hmac.compare_digest(row.key_sha256, digest) or row.revoked_at is not None:
             return None
@@ -221,44 +196,24 @@ class KeyStore:
         moment = datetime.now(UTC)
         stale = utc_text(moment - timedelta(seconds=TOUCH_SECONDS))
         try:
-            with self._engine.begin() as conn:
+            with self.audit.connection(write=True) as conn:
                 conn.execute(
                     update(api_keys)
                     .where(api_keys.c.name == name)
                     .where((api_keys.c.last_used_at.is_(None)) | (api_keys.c.last_used_at < stale))
                     .values(last_used_at=utc_text(moment))
                 )
-        except SQLAlchemyError:
+        except (SQLAlchemyError, AuditError):
             pass  # a hint for ``keys list``; never a reason to refuse a request
 
     # -- internals --------------------------------------------------------------------------------
     def _record(self, event: str, name: str, role: str, by: str) -> None:
-        if self.audit is None:
-            return
         body: dict[str, Any] = {"kind": "access", "event": event, "name": name, "role": role, "by": by}
         entry = AuditEntry(body=body, model_name="-", model_version="-", model_sha256="-", caller=by)
         try:
             self.audit.append([entry])
         except AuditWriteError as exc:
             raise KeyAdminError(f"the audit record of {event} could not be written: {exc.reason}") from None
-
-    def _ready_engine(self) -> Engine:
-        if os.getpid() != self._pid:
-            self._engine.dispose(close=False)
-            self._pid = os.getpid()
-            self._cache.clear()
-            self._touched.clear()
-        if not self._ready:
-            with self._lock:
-                if not self._ready:
-                    try:
-                        metadata.create_all(self._engine)
-                    except SQLAlchemyError:
-                        # Workers starting together on a new database: another one may have won.
-                        if not inspect(self._engine).has_table(api_keys.name):
-                            raise
-                    self._ready = True
-        return self._engine
 
 
 def _key(row: Any) -> ApiKey:

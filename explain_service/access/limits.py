@@ -7,8 +7,9 @@ units in any 60 seconds, not 2N across a window edge). Without authentication th
 stands in for the key. ``EXPLAIN_COUNTERFACTUAL_DAILY_QUOTA`` (default 1000, 0 disables) caps the
 counterfactual instances a key may ask for in any 24 hours.
 
-Both live in ``EXPLAIN_RATELIMIT_STORAGE_URI``: ``memory://`` counts per worker process, ``redis://...``
-one budget for every worker and host. A breach answers 429 in the JSON error shape with
+Both live in ``EXPLAIN_RATELIMIT_STORAGE_URI``: ``memory://`` counts per worker process (in
+:mod:`.memory`'s store, not limits' own, which starts a thread per request), ``redis://...`` one
+budget for every worker and host. A breach answers 429 in the JSON error shape with
 ``Retry-After``.
 """
 
@@ -18,10 +19,12 @@ import math
 import time
 
 from flask import Flask, current_app, g, request
-from flask_limiter import Limiter
+from flask_limiter import Limiter, RequestLimit
 from flask_limiter.util import get_remote_address
 from limits import parse
 
+from explain_service import metrics
+from explain_service.access import memory
 from explain_service.access.costs import FLAT, Work
 from explain_service.access.guard import current_principal
 from explain_service.access.rules import rule_for
@@ -49,20 +52,28 @@ def exempt() -> bool:
 def init_app(app: Flask, settings: Settings) -> Limiter:
     """The limiter (in ``app.extensions["explain_limiter"]``) and the quota check after it."""
     limits = [part.strip() for part in settings.ratelimit_default.split(";") if part.strip()]
+    storage_uri = settings.ratelimit_storage_uri
+    if storage_uri.split("://", 1)[0] == "memory":
+        storage_uri = f"{memory.SCHEME}://"
     limiter = Limiter(
         rate_key,
         app=app,
         application_limits=limits,  # type: ignore[arg-type]
         application_limits_cost=request_units,
         application_limits_exempt_when=exempt,
-        storage_uri=settings.ratelimit_storage_uri,
+        storage_uri=storage_uri,
         strategy="moving-window",
         headers_enabled=True,
         key_prefix=settings.ratelimit_key_prefix,
+        on_breach=_breached,
     )
     app.extensions["explain_limiter"] = limiter
     app.before_request(charge_counterfactual_quota)
     return limiter
+
+
+def _breached(_limit: RequestLimit) -> None:
+    metrics.rate_limited("rate")
 
 
 def charge_counterfactual_quota() -> None:
@@ -78,6 +89,7 @@ def charge_counterfactual_quota() -> None:
         return
     stats = limiter.limiter.get_window_stats(item, QUOTA_SCOPE, key)
     retry = max(1, math.ceil(stats.reset_time - time.time()))
+    metrics.rate_limited("quota")
     raise TooManyRequests(
         f"This key's daily quota of {quota} counterfactual instances is used up "
         f"({stats.remaining} left, {work.counterfactual_instances} asked)",

@@ -4,7 +4,19 @@ from __future__ import annotations
 
 from flask import Flask
 
-from explain_service.api import docs, errors, explanations, health, models
+from explain_service.api import (
+    docs,
+    errors,
+    explanations,
+    fairness,
+    health,
+    incidents,
+    models,
+    reports,
+    reviews,
+    suspensions,
+    telemetry,
+)
 
 
 def init_app(app: Flask) -> None:
@@ -13,6 +25,12 @@ def init_app(app: Flask) -> None:
     api.register_blueprint(health.blp)
     api.register_blueprint(models.blp)
     api.register_blueprint(explanations.blp)
+    api.register_blueprint(incidents.blp)
+    api.register_blueprint(reports.blp)
+    api.register_blueprint(fairness.blp)
+    api.register_blueprint(reviews.blp)
+    api.register_blueprint(suspensions.blp)
     errors.init_app(app)
+    telemetry.init_app(app)
     docs.init_app(app)
     app.extensions["explain_api"] = api

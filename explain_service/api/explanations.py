@@ -14,7 +14,7 @@ from explain_service.audit.store import StoredRecord
 from explain_service.errors import ExplanationNotFound, ModelNotFound
 from explain_service.explainers.base import canonical_json
 from explain_service.jsonio import json_response
-from explain_service.service import SAME_TARGET, plot_urls
+from explain_service.service import SAME_TARGET, answer_item
 from explain_service.validation import validate_instances
 
 blp = Blueprint(
@@ -41,10 +41,20 @@ def load_record(record_id: str) -> StoredRecord:
 
 
 def stored_answer(record: StoredRecord) -> dict[str, Any]:
-    """The record in the shape of an ``:explain`` answer, plus its audit fields."""
+    """The record in the shape of an ``:explain`` answer, plus its audit fields and review status."""
     body = record.body
-    explanation = {"id": record.id, **body["explanation"], "plots": plot_urls(record.id, body["explanation"])}
+    entry = {
+        "explanation": body["explanation"],
+        "reference": body.get("reference"),
+        "review": body.get("review"),
+    }
+    explanation = answer_item(record.id, entry)
+    if explanation["review"] is None:  # recorded without routing (a batch row, or before routing existed)
+        del explanation["review"]
+    state = _services().index.state_of(record.id)
     return {
+        "status": state.status,
+        "decision": state.decision,
         "model": body["model"],
         "explanations": [explanation],
         "audit": {
@@ -77,46 +87,44 @@ class VerifyView(MethodView):
     @blp.alt_response(404, schema=schemas.ErrorResponse)
     def get(self, record_id: str) -> Any:
         """Recompute the explanation from the recorded model, input and parameters; report if identical."""
-        record = load_record(record_id)
-        body = record.body
-        services = _services()
-        ref = body["model"]
-        report: dict[str, Any] = {"id": record.id, "model": ref}
-        try:
-            model = services.registry.get(ref["name"], ref["version"])
-        except ModelNotFound:
-            return json_response(
-                {**report, "identical": False, "reason": "the recorded model version is gone"}
-            )
-        if model.sha256 != ref["sha256"]:
-            return json_response(
-                {**report, "identical": False, "reason": f"the model's files changed (now {model.sha256})"}
-            )
-        rows, records = validate_instances(model, [body["instance"]])
-        req = body["request"]
-        answer = services.service.explain(
-            model,
-            rows,
-            req["methods"],
-            target=req["target"],
-            options=req["options"],
-            instances=records,
-            record=False,
-            counterfactual_target=req.get("counterfactual_target", SAME_TARGET),
-        )
-        fresh = dict(answer["explanations"][0])
-        fresh.pop("id")
-        fresh.pop("plots")
-        stored = body["explanation"]
-        differing = sorted(
-            k
-            for k in set(stored) | set(fresh)
-            if canonical_json(stored.get(k)) != canonical_json(fresh.get(k))
-        )
-        report.update(identical=not differing, differing=differing)
-        if differing:
-            report["reason"] = "recomputed parts differ: " + ", ".join(differing)
-        return json_response(report)
+        return json_response(replay_report(load_record(record_id)))
+
+
+def replay_report(record: StoredRecord) -> dict[str, Any]:
+    """Recompute ``record``'s explanation and compare it with the stored one (also the review pages')."""
+    body = record.body
+    services = _services()
+    ref = body["model"]
+    report: dict[str, Any] = {"id": record.id, "model": ref}
+    try:
+        model = services.registry.get(ref["name"], ref["version"])
+    except ModelNotFound:
+        return {**report, "identical": False, "reason": "the recorded model version is gone"}
+    if model.sha256 != ref["sha256"]:
+        return {**report, "identical": False, "reason": f"the model's files changed (now {model.sha256})"}
+    rows, records = validate_instances(model, [body["instance"]])
+    req = body["request"]
+    answer = services.service.explain(
+        model,
+        rows,
+        req["methods"],
+        target=req["target"],
+        options=req["options"],
+        instances=records,
+        record=False,
+        counterfactual_target=req.get("counterfactual_target", SAME_TARGET),
+    )
+    fresh = dict(answer["explanations"][0])
+    for answered_only in ("id", "plots", "review", "reference"):  # not part of the recomputation
+        fresh.pop(answered_only, None)
+    stored = body["explanation"]
+    differing = sorted(
+        k for k in set(stored) | set(fresh) if canonical_json(stored.get(k)) != canonical_json(fresh.get(k))
+    )
+    report.update(identical=not differing, differing=differing)
+    if differing:
+        report["reason"] = "recomputed parts differ: " + ", ".join(differing)
+    return report
 
 
 @blp.route("/<record_id>/plots/<plot>.png")

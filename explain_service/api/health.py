@@ -4,28 +4,22 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from typing import Any
 
-from flask import Response, current_app, g, request
+from flask import Response, current_app
 from flask.views import MethodView
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from explain_service.api.blueprint import Blueprint
+from explain_service.fairness.gauges import disparity_metrics
 from explain_service.jsonio import json_response
+from explain_service.metrics import LATENCY, REQUESTS
+
+__all__ = ["LATENCY", "REQUESTS", "blp"]
 
 log = logging.getLogger(__name__)
 
 blp = Blueprint("health", __name__, description="Liveness, readiness and metrics.")
-
-KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-REQUESTS = Counter("explain_requests_total", "HTTP requests", ["endpoint", "method", "status"])
-LATENCY = Histogram(
-    "explain_request_seconds",
-    "HTTP request latency",
-    ["endpoint"],
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-)
 
 
 @blp.route("/healthz")
@@ -85,30 +79,6 @@ class Metrics(MethodView):
             data = generate_latest(registry)
         else:
             data = generate_latest()
+        services = current_app.extensions["explain"]
+        data += disparity_metrics(services.tally, services.disparity)  # per scrape, from indexed counts
         return Response(data, mimetype=CONTENT_TYPE_LATEST)
-
-
-@blp.before_app_request
-def _start_timer() -> None:
-    g.started = time.perf_counter()
-
-
-def metric_labels(status: int) -> tuple[str, str, str]:
-    """``(endpoint, method, status)`` labels drawn from fixed sets, never from raw client input.
-
-    The endpoint is the matched rule's pattern (``/v1/models/<name>``) or ``unmatched``; a method
-    outside ``KNOWN_METHODS`` is ``other``; statuses are the ones the service itself answers with.
-    """
-    endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
-    method = request.method if request.method in KNOWN_METHODS else "other"
-    return endpoint, method, str(status)
-
-
-@blp.after_app_request
-def _observe(response: Response) -> Response:
-    endpoint, method, status = metric_labels(response.status_code)
-    REQUESTS.labels(endpoint, method, status).inc()
-    started = g.get("started")
-    if started is not None:
-        LATENCY.labels(endpoint).observe(time.perf_counter() - started)
-    return response

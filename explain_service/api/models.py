@@ -7,16 +7,17 @@ from typing import Any
 from flask import current_app
 from flask.views import MethodView
 
+from explain_service import logs
 from explain_service.access import caller_name, has_role
 from explain_service.api import schemas
 from explain_service.api.blueprint import Blueprint
+from explain_service.api.suspensions import check_not_suspended, suspension_state
 from explain_service.errors import ValidationFailed
 from explain_service.explainers.shap import supported_outputs
 from explain_service.jsonio import json_response
 from explain_service.registry.model import LoadedModel, Prepared
-from explain_service.registry.schema import columns_from_records
 from explain_service.service import model_ref
-from explain_service.validation import validate_instances
+from explain_service.validation import validate_prepared
 
 blp = Blueprint(
     "models", __name__, url_prefix="/v1/models", description="Registered models: describe, predict, explain."
@@ -33,7 +34,9 @@ def _services() -> Any:
 
 
 def _model(name: str, version: str | None) -> LoadedModel:
-    return _services().registry.get(name, version)
+    model: LoadedModel = _services().registry.get(name, version)
+    logs.note(model=model.name, version=model.version)
+    return model
 
 
 def _rows(model: LoadedModel, instances: list[Any]) -> tuple[Prepared, list[dict[str, Any]]]:
@@ -41,8 +44,7 @@ def _rows(model: LoadedModel, instances: list[Any]) -> tuple[Prepared, list[dict
     limit = _services().settings.max_instances
     if len(instances) > limit:
         raise ValidationFailed({"instances": [f"At most {limit} instances per request."]})
-    frame, records = validate_instances(model, instances)
-    return model.prepare(frame, columns_from_records(model.schema, records)), records
+    return validate_prepared(model, instances)
 
 
 def describe(model: LoadedModel) -> dict[str, Any]:
@@ -56,6 +58,8 @@ def describe(model: LoadedModel) -> dict[str, Any]:
     out["shap_outputs"] = list(supported_outputs(model))
     if not has_role("review"):
         out.pop("libraries", None)  # exact versions help an attacker more than a calling system
+    out["review_rules"] = model.manifest.review_rules.to_dict()
+    out["suspension"] = suspension_state(model.name, model.version)
     return out
 
 
@@ -105,19 +109,36 @@ class ModelVersionView(MethodView):
         return json_response(describe(_model(name, version)))
 
 
-def _predict(body: dict[str, Any], name: str, version: str | None) -> Any:
+def _served(name: str, version: str | None) -> LoadedModel:
+    """The model a :predict or :explain request is answered by; 503 while it is suspended."""
     model = _model(name, version)
+    check_not_suspended(model.name, model.version)
+    return model
+
+
+def _predict(body: dict[str, Any], name: str, version: str | None) -> Any:
+    model = _served(name, version)
     rows, _ = _rows(model, body["instances"])
     pred = _services().service.predict(model, rows)
     return json_response({"model": model_ref(model), "predictions": pred.answers})
 
 
 def _explain(body: dict[str, Any], name: str, version: str | None) -> Any:
-    model = _model(name, version)
+    model = _served(name, version)
     rows, records = _rows(model, body["instances"])
     methods = body["methods"]
     if len(set(methods)) != len(methods):
         raise ValidationFailed({"methods": ["Each method may be asked once."]})
+    logs.note(methods=list(methods))
+    references = body.get("references")
+    if references is not None and len(references) != len(body["instances"]):
+        raise ValidationFailed(
+            {
+                "references": [
+                    f"One per instance ({len(body['instances'])}), in the same order; null for none."
+                ]
+            }
+        )
     answer = _services().service.explain(
         model,
         rows,
@@ -126,6 +147,7 @@ def _explain(body: dict[str, Any], name: str, version: str | None) -> Any:
         options=body.get("options") or {},
         instances=records,
         caller=caller_name(),
+        references=references,
     )
     return json_response(answer)
 

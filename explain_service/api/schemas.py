@@ -13,10 +13,13 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, pre_load, validate
 
+from explain_service.audit.reviews import ACTIONS, MAX_COMMENT, STATUSES
+from explain_service.audit.suspensions import MAX_REASON
 from explain_service.errors import MAX_LISTED_ERRORS
 from explain_service.explainers import EXPLAINERS
 from explain_service.fields import StrictBoolean
-from explain_service.service import METHOD_ORDER, STRICT_RANGES
+from explain_service.registry.review_rules import RULE_NAMES
+from explain_service.service import MAX_REFERENCE, METHOD_ORDER, STRICT_RANGES
 
 
 class CheckedNested(fields.Nested):
@@ -82,6 +85,15 @@ class ExplainRequest(PredictRequest):
         allow_none=True,
         metadata={"description": "Class name to explain (classifiers); default: the predicted class."},
     )
+    references = fields.List(
+        fields.String(allow_none=True, validate=validate.Length(max=MAX_REFERENCE)),
+        load_default=None,
+        metadata={
+            "description": "Optional, one per instance, in the same order: the caller's own case or "
+            f"application number (at most {MAX_REFERENCE} characters, null for none). Stored in the "
+            "audit record and searchable by reviewers; never given to the model."
+        },
+    )
     options = CheckedNested(
         MethodOptions,
         load_default=dict,
@@ -104,6 +116,13 @@ class ExplainRequest(PredictRequest):
             message = "Options for a method that is not requested in methods."
             raise ValidationError({"options": {name: [message] for name in extra}})
         return data
+
+
+class ReviewRouting(Schema):
+    required = fields.Boolean(metadata={"description": "Whether the model's rules route this to a human."})
+    rules = fields.List(
+        fields.String(validate=validate.OneOf(RULE_NAMES)), metadata={"description": "The rules that fired."}
+    )
 
 
 class FeatureValue(fields.Raw):
@@ -217,6 +236,8 @@ class ExplanationSchema(Schema):
     lime = fields.Nested(LimeSchema)
     counterfactual = fields.Nested(CounterfactualSchema)
     reasons = fields.List(fields.Nested(ReasonSchema))
+    review = fields.Nested(ReviewRouting)
+    reference = fields.String(metadata={"description": "The caller's reference, when one was sent."})
     plots = fields.Dict(keys=fields.String(), values=fields.String())
 
 
@@ -262,10 +283,20 @@ class ModelDescription(Schema):
     sha256 = fields.String()
     task = fields.String()
     description = fields.String(allow_none=True)
+    intended_use = fields.String(metadata={"description": "What the model is for, as its owner states"})
+    owner = fields.String(metadata={"description": "Who answers for the model"})
     class_names = fields.List(fields.String())
     favorable = fields.String(allow_none=True)
     features = fields.List(fields.Nested(FeatureSchemaDoc))
     constraints = fields.Dict(keys=fields.String(), values=fields.Nested(ConstraintDoc))
+    sensitive = fields.Dict(
+        keys=fields.String(),
+        values=fields.List(fields.Float(), allow_none=True),
+        metadata={
+            "description": "Sensitive features and their groups: bin edges for numeric features "
+            "(bins [a, b), the last one [a, b]), null for features grouped by value."
+        },
+    )
     methods = fields.List(fields.String())
     shap_outputs = fields.List(fields.String())
     estimator = fields.String(metadata={"description": "The estimator's class"})
@@ -276,6 +307,14 @@ class ModelDescription(Schema):
         keys=fields.String(),
         values=fields.String(),
         metadata={"description": "Library versions at registration (review and admin keys only)"},
+    )
+    review_rules = fields.Dict(metadata={"description": "When an explanation is routed to a human reviewer."})
+    suspension = fields.Nested(
+        "SuspensionSchema",
+        allow_none=True,
+        metadata={
+            "description": "The suspension in force for this version (its own or the model's), or null."
+        },
     )
 
 
@@ -305,6 +344,14 @@ class AuditFields(Schema):
 
 class StoredExplanation(ExplainResponse):
     audit = fields.Nested(AuditFields)
+    status = fields.String(
+        validate=validate.OneOf(STATUSES),
+        metadata={"description": "The review status, derived from its reviews."},
+    )
+    decision = fields.Raw(
+        allow_none=True,
+        metadata={"description": "The decision a reviewer substituted, when the status is overridden."},
+    )
 
 
 class ReplayReport(Schema):
@@ -313,3 +360,71 @@ class ReplayReport(Schema):
     identical = fields.Boolean()
     differing = fields.List(fields.String())
     reason = fields.String()
+
+
+class ReviewRequest(Schema):
+    action = fields.String(required=True, validate=validate.OneOf(ACTIONS))
+    comment = fields.String(
+        load_default=None,
+        allow_none=True,
+        metadata={
+            "description": f"Required for flag, escalate and override; at most {MAX_COMMENT} characters."
+        },
+    )
+    decision = fields.Raw(
+        load_default=None,
+        allow_none=True,
+        metadata={
+            "oneOf": [{"type": "string"}, {"type": "number"}],
+            "description": "Override only: the decision the reviewer substitutes, one of the model's class "
+            "names (a number for a regression model).",
+        },
+    )
+
+
+class ReviewEventSchema(Schema):
+    seq = fields.Integer(metadata={"description": "The review's position in the audit chain."})
+    id = fields.String(metadata={"description": "The review's audit record id."})
+    record_id = fields.String(metadata={"description": "The explanation reviewed."})
+    action = fields.String(validate=validate.OneOf(ACTIONS))
+    comment = fields.String()
+    decision = fields.Raw(allow_none=True, metadata={"oneOf": [{"type": "string"}, {"type": "number"}]})
+    by = fields.String(allow_none=True, metadata={"description": "The reviewer's key name."})
+    role = fields.String()
+    created_at = fields.String()
+
+
+class ReviewList(Schema):
+    id = fields.String(metadata={"description": "The explanation's id."})
+    status = fields.String(validate=validate.OneOf(STATUSES))
+    decision = fields.Raw(
+        allow_none=True, metadata={"description": "The override's decision when the status is overridden."}
+    )
+    reviews = fields.List(fields.Nested(ReviewEventSchema), metadata={"description": "Oldest first."})
+
+
+class SuspendRequest(Schema):
+    reason = fields.String(
+        required=True,
+        validate=validate.Length(min=1, max=MAX_REASON),
+        metadata={"description": "Why: shown to every caller in the 503 answer and kept in the audit chain."},
+    )
+
+
+class ResumeRequest(Schema):
+    reason = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=MAX_REASON))
+
+
+class SuspensionSchema(Schema):
+    name = fields.String()
+    version = fields.String(allow_none=True, metadata={"description": "null: every version of the model"})
+    scope = fields.String(validate=validate.OneOf(["model", "version"]))
+    reason = fields.String()
+    by = fields.String(allow_none=True, metadata={"description": "The admin key's name (or cli:<login>)."})
+    since = fields.String()
+    record_id = fields.String(allow_none=True, metadata={"description": "Its audit record."})
+
+
+class SuspensionAnswer(Schema):
+    suspended = fields.Boolean()
+    suspension = fields.Nested(SuspensionSchema)

@@ -10,7 +10,9 @@ recompute it::
      "instance": {feature: value},            # the validated input
      "explanation": {"prediction", "shap", "lime", "counterfactual", "reasons"},
      "quality": {"shap_additivity_residual", "lime_score", "counterfactual_validity"},
-     "plots": {plot name: content hash}}       # hashes of the PNGs, rendered on first fetch
+     "plots": {plot name: content hash},      # hashes of the PNGs, rendered on first fetch
+     "reference": str | null,                 # the caller's case number, never seen by the model
+     "review": {"required", "rules"} | null}  # the routing rules that fired (null: not evaluated)
 
 Each method's result carries the parameters that shaped it (seed, num_samples,
 background hash, output space) in its own ``params``.
@@ -27,6 +29,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
+from explain_service import logs, metrics
 from explain_service.audit.chain import canonical_json
 from explain_service.audit.store import AuditEntry, AuditStore, AuditWriteError, RecordTooLarge
 from explain_service.errors import AuditUnavailable, PayloadTooLarge
@@ -57,6 +60,8 @@ def record_body(
     instance: dict[str, Any],
     explanation: dict[str, Any],
     request: dict[str, Any],
+    reference: str | None = None,
+    review: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The body of one audit record (see the module docstring)."""
     from explain_service.plots.render import available_plots, plot_key
@@ -72,6 +77,8 @@ def record_body(
         "explanation": explanation,
         "quality": quality(explanation),
         "plots": plots,
+        "reference": reference,
+        "review": review,
     }
 
 
@@ -81,10 +88,12 @@ def entry_for(
     explanation: dict[str, Any],
     request: dict[str, Any],
     caller: str | None = None,
+    reference: str | None = None,
+    review: dict[str, Any] | None = None,
 ) -> AuditEntry:
     """The audit entry of one explanation."""
     return AuditEntry(
-        body=record_body(model, instance, explanation, request),
+        body=record_body(model, instance, explanation, request, reference, review),
         model_name=model.name,
         model_version=model.version,
         model_sha256=model.sha256,
@@ -109,7 +118,16 @@ class AuditRecorder:
             The store refused the append; nothing was written.
         """
         audit_entries = [
-            entry_for(model, e["instance"], e["explanation"], e["request"], caller) for e in entries
+            entry_for(
+                model,
+                e["instance"],
+                e["explanation"],
+                e["request"],
+                caller,
+                e.get("reference"),
+                e.get("review"),
+            )
+            for e in entries
         ]
         try:
             stored = self.store.append(audit_entries)
@@ -117,6 +135,9 @@ class AuditRecorder:
             raise too_large(exc, entries[exc.index]) from None
         except AuditWriteError as exc:
             raise AuditUnavailable(exc.reason) from None
+        if stored:
+            metrics.observe_explanations(model.name, (e["explanation"] for e in entries))
+            logs.note(audit_seq=stored[-1].seq)
         return [s.id for s in stored]
 
     def ping(self) -> bool:

@@ -8,6 +8,9 @@ One table holds the records; nothing ever updates or deletes a row::
                                                       audit_genesis (one row, written with the schema)
                                                       chain_id │ created_at │ hash
 
+    api_keys (beside the chain, not part of it: :mod:`explain_service.access.keys`)
+    id │ name (unique) │ role │ key_sha256 (unique) │ created_at │ last_used_at │ revoked_at
+
 ``body`` is the caller's JSON-ready dict as canonical JSON text, ``created_at`` UTC ISO-8601 text with
 microseconds (so it sorts and hashes as written), and each ``hash`` seals the record onto the one before
 it: ``sha256(prev_hash + canonical_json(envelope))`` (see :mod:`.chain`).
@@ -29,8 +32,14 @@ PostgreSQL 11 or newer (``sha256``) and no privilege beyond INSERT and SELECT on
 service's role can be denied UPDATE and DELETE. It is created with the schema, and added at the first
 append to a database created before it existed (reading never needs it).
 
-Review actions (approve, flag, escalate) belong in a separate append-only table that refers to
-``audit_records.id``; a record's status is its latest review. This table never changes for them.
+``api_keys`` is the one table here that changes in place (a key is revoked, its last use noted); what
+happens to a key is also an ``"access"`` record in the chain. It came after schema version 2 without a
+new version, as :data:`ADDED_TABLES`: older code ignores it, so a store creates it when it is missing
+(:func:`create_schema`, under the chain lock) rather than migrating.
+
+Review events (:mod:`.reviews`) and suspensions are records in this same chain (``kind`` in the body), so
+``audit verify`` covers them; the reviewers' searchable index is derived from the chain into tables of its
+own (:mod:`.index_tables`, :mod:`.projections`). This table never changes for them.
 """
 
 from __future__ import annotations
@@ -168,6 +177,21 @@ for _dialect, _statement in [
 ]:  # fmt: skip
     event.listen(genesis, "after_create", DDL(_statement).execute_if(dialect=_dialect))
 
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("role", String(16), nullable=False),
+    Column("key_sha256", String(64), nullable=False, unique=True),
+    Column("created_at", String(32), nullable=False),
+    Column("last_used_at", String(32), nullable=True),
+    Column("revoked_at", String(32), nullable=True),
+)
+
+ADDED_TABLES = (api_keys,)
+"""Tables added to the current schema version without a new version; created wherever one is missing."""
+
 COLUMNS = [records.c[field.name] for field in fields(RawRecord)]
 NAMES = tuple(field.name for field in fields(RawRecord))
 row_values = attrgetter(*NAMES)  # a RawRecord as the tuple of its column values, in table order
@@ -204,11 +228,22 @@ def create_schema(conn: Connection) -> int:
     """
     version = read_schema_version(conn)
     if version is not None:
-        return migrate_schema(conn, version) if version < SCHEMA_VERSION else version
+        if version < SCHEMA_VERSION:
+            version = migrate_schema(conn, version)
+        missing = missing_tables(conn)
+        if missing and version == SCHEMA_VERSION:
+            metadata.create_all(conn, tables=missing)
+        return version
     metadata.create_all(conn)
     _record_version(conn, SCHEMA_VERSION)
     conn.execute(insert(genesis).values(**Genesis.new().to_dict()))
     return SCHEMA_VERSION
+
+
+def missing_tables(conn: Connection) -> list[Table]:
+    """The :data:`ADDED_TABLES` the database lacks."""
+    present = inspect(conn)
+    return [table for table in ADDED_TABLES if not present.has_table(table.name)]
 
 
 def migrate_schema(conn: Connection, version: int) -> int:

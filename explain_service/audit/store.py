@@ -97,6 +97,7 @@ from explain_service.audit.schema import (
     create_schema,
     has_append_function,
     metadata,
+    missing_tables,
     raw_record,
     read_genesis,
     read_head,
@@ -423,6 +424,30 @@ class AuditStore:
             return append_sqlite(conn, prepared)
         return self._append_postgresql(prepared)
 
+    @contextmanager
+    def connection(self, *, write: bool = False) -> Iterator[Connection]:
+        """A connection on the store's engine, for the tables beside the chain (the API keys).
+
+        The same engine, fork handling and schema creation as the chain's own reads; on SQLite the
+        file at the path must still be the one the store writes (else :class:`AuditWriteError`).
+        ``write`` wraps the block in a transaction, committed when it ends. A database that cannot be
+        reached raises :class:`AuditUnavailableError`; errors of the statements run in the block are
+        the driver's, as SQLAlchemy raises them.
+        """
+        self._ensure_schema()
+        try:
+            conn = self._connect()
+        except SQLAlchemyError as exc:
+            raise self._failure(AuditUnavailableError, exc) from exc
+        with conn:
+            if self._path is not None:
+                self._check_file(conn.connection)
+            if write:
+                with conn.begin():
+                    yield conn
+            else:
+                yield conn
+
     def _append_postgresql(self, prepared: list[RawRecord]) -> list[RawRecord]:
         self._ensure_append_function()
         rows = self._on_writer(PG_APPEND, [postgresql_entries(prepared)], retry_lost=True)
@@ -505,7 +530,8 @@ class AuditStore:
                     self._require_file()
                 with self._connect() as conn:
                     version = read_schema_version(conn)
-                if self.create and (version is None or version < SCHEMA_VERSION):
+                    complete = version != SCHEMA_VERSION or not missing_tables(conn)
+                if self.create and (version is None or version < SCHEMA_VERSION or not complete):
                     with self._chain_locked() as conn:
                         version = create_schema(conn)
             except SQLAlchemyError as exc:

@@ -20,6 +20,7 @@ Output layout (one row per valid input row, in input order):
   (numeric float64, integer int64, boolean bool, categorical string); every
   other column passed through unchanged (text from CSV, Arrow type from
   Parquet), so ids come along;
+* ``audit_id`` with ``--audit``: the id of the row's audit record;
 * ``prediction`` (class label, or value for regressors) and ``proba.<class>``;
 * ``shap.target``, ``shap.output``, ``shap.base_value``, ``shap.<feature>`` per
   original input feature, ``shap.additivity_residual``;
@@ -39,7 +40,9 @@ whole ``time_budget_ms`` as an API request for it would. With an audit store
 (``--audit``) the rows are explained through
 :class:`~explain_service.service.ExplainService`, exactly as for an API
 request, and each explained row gets the audit record that request would have
-stored, with the id ``b<job>-<row>``; the output file is the same as without it.
+stored; its unguessable id (see :mod:`.audit`) is the row's ``audit_id`` column,
+and the caller's ``--id-columns`` go into the record's body. Apart from that
+column the output file is the same as without an audit store.
 """
 
 from __future__ import annotations

@@ -1,18 +1,44 @@
 """Audit records of a batch job, stored by the driver exactly once per explained row.
 
-Workers build each row's audit entry as the API would (see ``compute._audited_columns``),
-with the id ``b<job>-<row>``: ``<job>`` hashes the job's identity, ``<row>`` is the 0-based
-input row. The driver appends a chunk's entries in one transaction before it commits the
-chunk, and skips chunks whose first entry is already stored, so a chunk computed again after
-a crash, or a job run again, adds nothing.
+Workers build each row's audit entry as the API would (see ``compute._audited_columns``) and
+the driver appends a chunk's entries in one transaction before it commits the chunk.
+
+Record ids are unguessable and reproducible within a job::
+
+    id(row) = "b" + hex(HMAC-SHA256(key, "row:<row>"))[:32]      (128 bits)
+
+``<row>`` is the 0-based input row and ``key`` 32 random bytes drawn when the job starts and
+kept only in its parts directory (``OUT.parquet.parts/audit.key``, mode 0600), which is removed
+with the rest of the parts when the job finishes. Without the key one id says nothing about
+any other, so holding one record's id does not lead to its neighbours; with it, a resumed job
+gives every row the id it had before, and a chunk whose first entry is already stored (it was
+appended just before a crash) is not appended again. The output's ``audit_id`` column is how a
+user maps rows to records. Running a finished job again is a new job with a new key: its rows
+get new records, and the trail shows both runs. The key travels in the chunk plan to wherever
+chunks are computed (worker processes, Dask workers), which run the job's code and see its rows
+anyway; it is never written anywhere else.
+
+Each record's body carries ``"batch": {"job", "row", "ids"}``: the job's id (a hash of its
+identity), the input row and the values of the ``--id-columns`` for that row, so a reviewer
+reading a record finds the caller's own ids without the output file.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import hmac
+import math
+import secrets
+from collections.abc import Sequence
+from datetime import date, datetime, time
 from typing import Any
 
-AUDIT_CALLER = "batch"
+# The records' caller: a batch job holds no API key, and this name is one no key can have (key names
+# are letters, digits and ``._@-``), so no ``explain`` key ever owns, and can read, a job's records.
+AUDIT_CALLER = "(batch)"
+AUDIT_KEY_BYTES = 32
+AUDIT_ID_HEX = 32
 
 
 class AuditRefused(Exception):
@@ -48,30 +74,63 @@ def open_audit_store(url: str) -> Any:
 def append_once(store: Any, entries: list[Any]) -> None:
     """Append one chunk's audit entries unless an earlier, interrupted run already did.
 
-    A chunk's entries are appended in one transaction with ids fixed by the job and the
+    A chunk's entries are appended in one transaction with ids fixed by the job's key and the
     input row, so finding the first one means the whole chunk is stored.
     """
     if entries and store.get(entries[0].id) is None:
         store.append(entries)
 
 
-def audit_id(job: str, row: int) -> str:
-    """The audit record id of input row ``row`` of a job: the same on every run of that job."""
-    return f"b{job}-{row}"
+def new_audit_key() -> str:
+    """A fresh job key (hex), drawn from the operating system's CSPRNG."""
+    return secrets.token_hex(AUDIT_KEY_BYTES)
+
+
+def audit_id(key: str, row: int) -> str:
+    """The audit record id of input row ``row`` of the job whose key is ``key``."""
+    mac = hmac.new(bytes.fromhex(key), f"row:{row}".encode(), hashlib.sha256)
+    return "b" + mac.hexdigest()[:AUDIT_ID_HEX]
+
+
+def id_value(value: Any) -> Any:
+    """An id cell as JSON: text, integers and booleans as they are; NaN as null; dates as ISO text."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return None if math.isnan(value) else value
+    if isinstance(value, datetime | date | time):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return value.hex()
+    return str(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class RowRef:
+    """Where a record's row came from: the job, the 0-based input row and the caller's ids."""
+
+    job: str
+    row: int
+    ids: dict[str, Any]
+
+    def body(self) -> dict[str, Any]:
+        return {"job": self.job, "row": self.row, "ids": self.ids}
 
 
 class CapturingRecorder:
     """Builds the audit entries of one service call with fixed ids; the driver stores them."""
 
-    def __init__(self, ids: list[str]) -> None:
-        self.ids = ids
+    def __init__(self, ids: Sequence[str], rows: Sequence[RowRef]) -> None:
+        self.ids = list(ids)
+        self.rows = list(rows)
         self.entries: list[Any] = []
 
     def record(self, model: Any, entries: list[dict[str, Any]], caller: str | None) -> list[str]:
         from explain_service.audit.recorder import entry_for
 
-        self.entries = [
-            dataclasses.replace(entry_for(model, e["instance"], e["explanation"], e["request"], caller), id=i)
-            for e, i in zip(entries, self.ids, strict=True)
-        ]
+        out = []
+        for e, i, ref in zip(entries, self.ids, self.rows, strict=True):
+            entry = entry_for(model, e["instance"], e["explanation"], e["request"], caller)
+            out.append(dataclasses.replace(entry, id=i, body={**entry.body, "batch": ref.body()}))
+        self.entries = out
         return list(self.ids)

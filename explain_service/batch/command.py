@@ -49,6 +49,7 @@ Output columns, in this order:
   the input columns       features typed by the model's schema; other
                           columns passed through (as text from CSV, with
                           their types from Parquet), e.g. ids
+  audit_id                each row's audit record id (--audit)
   prediction              class label (classifiers) or value (regressors)
   proba.<class>           class probabilities (classifiers)
   shap.target, shap.output, shap.base_value, shap.<feature> (one per input
@@ -81,8 +82,16 @@ processes. dask runs the chunks on a LocalCluster (--workers processes) or on
 the cluster at --scheduler. The output is the same on every engine.
 
 \b
---audit stores one audit record per explained row, as the API would (record
-id b<job>-<row>); a resumed or repeated job never stores a row twice.
+--audit stores one audit record per explained row, as the API would; the
+audit_id column names it. Ids are b + 32 hex digits of HMAC-SHA256(job key,
+row): unguessable from one another, reproduced by --resume (which never
+stores a row twice) from the key kept in the parts directory. Running a
+finished job again is a new job with new records and ids.
+
+--id-columns COL[,COL] names input columns holding the caller's ids: they
+must be in the input and must not be model features (ids are never fed to
+the model); their values go into each audit record's body under
+"batch": {"job", "row", "ids": {COL: value}}.
 """
 
 
@@ -147,7 +156,15 @@ def _parse_model(value: str) -> tuple[str, str | None]:
 @click.option(
     "--audit",
     is_flag=True,
-    help="store an audit record per explained row (ids b<job>-<row>, written once even across resumes)",
+    help="store an audit record per explained row (an unguessable id per row, in the audit_id column; "
+    "written once even across resumes)",
+)
+@click.option(
+    "--id-columns",
+    default=None,
+    metavar="COL[,COL]",
+    help="input columns holding the caller's ids (not model features): checked, passed through, and "
+    "written into each audit record with --audit",
 )
 @click.option("--database-url", default=None, help="audit store for --audit (default: $EXPLAIN_DATABASE_URL)")
 @click.option(
@@ -172,6 +189,7 @@ def batch(
     resume: bool,
     models_dir: str | None,
     audit: bool,
+    id_columns: str | None,
     database_url: str | None,
     progress_every: float,
 ) -> None:
@@ -209,6 +227,7 @@ def batch(
         workers=workers,
         scheduler=scheduler,
         audit_url=settings.database_url if audit else None,
+        id_columns=tuple(c.strip() for c in id_columns.split(",")) if id_columns is not None else (),
     )
     try:
         run_job(spec, Progress(sys.stderr, interval=progress_every))

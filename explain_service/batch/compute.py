@@ -22,7 +22,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from explain_service.batch.audit import AUDIT_CALLER, CapturingRecorder, audit_id
+from explain_service.batch.audit import AUDIT_CALLER, CapturingRecorder, RowRef, audit_id, id_value
 from explain_service.batch.layout import (
     feature_array,
     flags_column,
@@ -85,7 +85,12 @@ class ChunkPlan:
     input_columns: tuple[str, ...]
     schema: pa.Schema
     raw_options: dict[str, Any] = field(default_factory=dict)
+    # With --audit: the job's id (in each record's body) and its secret key (see ``batch.audit``),
+    # set by the driver once the parts directory holds the key.
     audit_job: str | None = None
+    audit_key: str | None = None
+    # Input columns carried as the caller's ids into each audit record (never fed to the model).
+    id_columns: tuple[str, ...] = ()
     # The class counterfactuals aim at: the --target class when one was named, else the one rule
     # of ``counterfactual_goals`` (None), not the job's default attribution target.
     counterfactual_target: str | None = None
@@ -128,13 +133,19 @@ def explain_chunk(model: LoadedModel, chunk: RawChunk, plan: ChunkPlan) -> Chunk
         else:
             columns.append(passthrough.column(name).combine_chunks())
     audit: list[Any] = []
-    if n_valid and plan.audit_job is not None:
+    if plan.audit_job is not None:
+        if plan.audit_key is None:
+            raise RuntimeError("an audited job needs its audit key before computing chunks")
         numbers = chunk.row_numbers()[checked.valid].tolist()
-        explained, audit = _audited_columns(model, checked.columns, plan, numbers)
-        columns += explained
+        ids = [audit_id(plan.audit_key, r) for r in numbers]
+        columns.append(pa.array(ids, type=pa.string()))
+        if n_valid:
+            refs = _row_refs(plan.audit_job, numbers, passthrough, plan.id_columns)
+            explained, audit = _audited_columns(model, checked.columns, plan, ids, refs)
+            columns += explained
     elif n_valid:
         columns += _explained_columns(model, checked.columns, plan)
-    else:
+    if not n_valid:
         columns += [pa.array([], type=f.type) for f in list(plan.schema)[len(columns) :]]
     table = pa.Table.from_arrays(columns, schema=plan.schema)
     buf = io.BytesIO()
@@ -178,8 +189,23 @@ def _explained_columns(model: LoadedModel, columns: dict[str, np.ndarray], plan:
     return out
 
 
+def _row_refs(
+    job: str, numbers: list[int], passthrough: pa.Table, id_columns: tuple[str, ...]
+) -> list[RowRef]:
+    """Each valid row's job, input row and id values (``passthrough`` holds the valid rows only)."""
+    ids = passthrough.select(list(id_columns)).to_pylist() if id_columns else [{} for _ in numbers]
+    return [
+        RowRef(job, row, {k: id_value(v) for k, v in values.items()})
+        for row, values in zip(numbers, ids, strict=True)
+    ]
+
+
 def _audited_columns(
-    model: LoadedModel, columns: dict[str, np.ndarray], plan: ChunkPlan, numbers: list[int]
+    model: LoadedModel,
+    columns: dict[str, np.ndarray],
+    plan: ChunkPlan,
+    ids: list[str],
+    refs: list[RowRef],
 ) -> tuple[list[pa.Array], list[Any]]:
     """Columns and audit entries from the explanation service's own answers.
 
@@ -189,14 +215,12 @@ def _audited_columns(
     """
     from explain_service.service import SAME_TARGET, ExplainService
 
-    assert plan.audit_job is not None
-    ids = [audit_id(plan.audit_job, r) for r in numbers]
-    step = 1 if "counterfactual" in plan.methods else len(numbers)
+    step = 1 if "counterfactual" in plan.methods else len(ids)
     answers: list[dict[str, Any]] = []
     entries: list[Any] = []
-    for lo in range(0, len(numbers), step):
-        hi = min(lo + step, len(numbers))
-        recorder = CapturingRecorder(ids[lo:hi])
+    for lo in range(0, len(ids), step):
+        hi = min(lo + step, len(ids))
+        recorder = CapturingRecorder(ids[lo:hi], refs[lo:hi])
         service = ExplainService(recorder=recorder, explainers=dict(EXPLAINERS))
         part = {n: c[lo:hi] for n, c in columns.items()}
         answer = service.explain(

@@ -18,6 +18,7 @@ running (committed chunks are kept, so ``--resume`` goes on from there).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import time
@@ -88,6 +89,7 @@ class JobSpec:
     workers: int | None = None
     scheduler: str | None = None
     audit_url: str | None = None
+    id_columns: tuple[str, ...] = ()
 
 
 @dataclass
@@ -153,6 +155,7 @@ def prepare(spec: JobSpec) -> PreparedJob:
     model, options = _model_and_options(spec, methods)
     target = job_target(model, spec.target)
     info = _input_info(spec, model)
+    id_columns = _id_columns(spec, model, info)
     try:
         audit = audit_ref(spec.audit_url)
     except AuditRefused as exc:
@@ -170,6 +173,7 @@ def prepare(spec: JobSpec) -> PreparedJob:
         "target": target if target is not None or not model.is_classifier else PER_ROW_TARGET,
         "options": options_json,
         "libraries": _library_versions(),
+        "id_columns": list(id_columns),
     }
     identity = {
         "input": {"path": str(spec.input.resolve()), "format": info.format, **input_print},
@@ -181,6 +185,7 @@ def prepare(spec: JobSpec) -> PreparedJob:
         "output_format": OUTPUT_FORMAT,
         "libraries": metadata_doc["libraries"],
         "audit": audit,
+        "id_columns": list(id_columns),
     }
     plan = ChunkPlan(
         model_sha256=model.sha256,
@@ -189,9 +194,12 @@ def prepare(spec: JobSpec) -> PreparedJob:
         counterfactual_target=target if spec.target is not None else None,
         options=options,
         input_columns=info.columns,
-        schema=output_schema(model, _input_fields(model, info), methods, metadata_doc),
+        schema=output_schema(
+            model, _input_fields(model, info), methods, metadata_doc, audit=spec.audit_url is not None
+        ),
         raw_options=spec.options,
         audit_job=_job_id(identity) if spec.audit_url else None,
+        id_columns=id_columns,
     )
     _trial(model, plan)
     version_dir = spec.models_dir / model.name / model.version
@@ -268,12 +276,36 @@ def _input_info(spec: JobSpec, model: LoadedModel) -> InputInfo:
         raise JobRefused(
             f"input {spec.input} lacks feature column(s) {', '.join(missing)} of {model.name}@{model.version}"
         )
-    clashes = clashing_columns(list(info.columns))
+    clashes = clashing_columns(list(info.columns), audit=spec.audit_url is not None)
     if clashes:
         raise JobRefused(
             f"input column(s) {', '.join(clashes)} would be overwritten by output columns; rename them"
         )
     return info
+
+
+def _id_columns(spec: JobSpec, model: LoadedModel, info: InputInfo) -> tuple[str, ...]:
+    """``--id-columns``, checked: input columns that are not features of the model, each named once.
+
+    An id is carried, never modelled: a model feature cannot be an id column (a copy of it under
+    another name can), so what the model sees never depends on what the caller marks as an id.
+    """
+    names = spec.id_columns
+    if any(not n for n in names):
+        raise JobRefused("--id-columns holds an empty column name")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise JobRefused(f"id column(s) {', '.join(repeated)} named more than once in --id-columns")
+    absent = [n for n in names if n not in info.columns]
+    if absent:
+        raise JobRefused(f"id column(s) {', '.join(absent)} not in the input {spec.input}")
+    features = [n for n in names if n in model.schema.names]
+    if features:
+        raise JobRefused(
+            f"id column(s) {', '.join(features)} are features of {model.name}@{model.version}; ids are "
+            "never fed to the model: copy the column under another name and pass that name as the id"
+        )
+    return tuple(names)
 
 
 def _input_fields(model: LoadedModel, info: InputInfo) -> list[pa.Field]:
@@ -333,6 +365,8 @@ def run_job(spec: JobSpec, progress: Progress | None = None) -> Summary:
     parts = PartsDir(spec.output)
     try:
         manifest = _open_parts(parts, job)
+        if parts.audit_key is not None:
+            job.plan = dataclasses.replace(job.plan, audit_key=parts.audit_key)
         resumed = dict(manifest.chunks)
         t0 = time.monotonic()
         progress.start(
@@ -359,7 +393,7 @@ def _open_parts(parts: PartsDir, job: PreparedJob) -> JobManifest:
     """Create (or take up) the parts directory; refusals and unwritable places are one line."""
     try:
         job.spec.output.parent.mkdir(parents=True, exist_ok=True)
-        return parts.open(job.identity, resume=job.spec.resume)
+        return parts.open(job.identity, resume=job.spec.resume, audit=job.spec.audit_url is not None)
     except JobStateError as exc:
         raise JobRefused(str(exc)) from None
     except OSError as exc:

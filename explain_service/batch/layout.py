@@ -1,11 +1,12 @@
 """The columns a batch job writes, method by method.
 
-Every output file is: the input columns (in input order), then ``prediction``
-and ``proba.<class>``, then one group of columns per method, in the service's
-method order. A method's group is a :class:`Layout`: the Arrow fields it adds
-(known before any row is read, so every part of a job has the same schema) and
-how to fill them for a chunk of typed rows. Methods without a layout of their
-own get ``<method>.json``: the method's JSON answer per row.
+Every output file is: the input columns (in input order), ``audit_id`` when the
+job stores audit records, then ``prediction`` and ``proba.<class>``, then one
+group of columns per method, in the service's method order. A method's group
+is a :class:`Layout`: the Arrow fields it adds (known before any row is read, so
+every part of a job has the same schema) and how to fill them for a chunk of
+typed rows. Methods without a layout of their own get ``<method>.json``: the
+method's JSON answer per row.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ KIND_TYPES: dict[str, pa.DataType] = {
 }
 RESERVED_PREFIXES = ("proba.", "shap.", "lime.", "counterfactual.")
 RESERVED_NAMES = ("prediction", "flags")
+AUDIT_ID = "audit_id"
 
 
 def feature_field(feature: Feature) -> pa.Field:
@@ -258,9 +260,17 @@ def output_schema(
     input_fields: list[pa.Field],
     methods: list[str],
     metadata: dict[str, Any],
+    *,
+    audit: bool = False,
 ) -> pa.Schema:
-    """The schema of every part and of the final file; ``metadata`` is stored under ``explain_service``."""
-    fields = list(input_fields) + prediction_fields(model)
+    """The schema of every part and of the final file; ``metadata`` is stored under ``explain_service``.
+
+    ``audit``: an ``audit_id`` column (each row's audit record) follows the input columns.
+    """
+    fields = list(input_fields)
+    if audit:
+        fields.append(pa.field(AUDIT_ID, pa.string(), nullable=False))
+    fields += prediction_fields(model)
     for method in methods:
         fields += layout_for(method).fields(model, method)
     return pa.schema(
@@ -268,6 +278,7 @@ def output_schema(
     )
 
 
-def clashing_columns(columns: list[str]) -> list[str]:
-    """Input columns whose names an output column would take."""
-    return [c for c in columns if c in RESERVED_NAMES or c.startswith(RESERVED_PREFIXES)]
+def clashing_columns(columns: list[str], *, audit: bool = False) -> list[str]:
+    """Input columns whose names an output column would take (``audit_id`` too with ``audit``)."""
+    reserved = (*RESERVED_NAMES, AUDIT_ID) if audit else RESERVED_NAMES
+    return [c for c in columns if c in reserved or c.startswith(RESERVED_PREFIXES)]

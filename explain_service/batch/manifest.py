@@ -5,6 +5,7 @@ Layout, next to the output ``OUT.parquet``::
     OUT.parquet.parts/
         .lock                          flock'ed by the one driver working on the job
         manifest.json                  the job's identity and every committed chunk
+        audit.key                      with --audit: the job's secret for record ids (mode 0600)
         part-000000.parquet            output rows of chunk 0 (input rows 0 .. N-1)
         part-000000.rejected.jsonl     its rejected rows (only when it has some)
         ...
@@ -40,10 +41,12 @@ from typing import Any
 
 import orjson
 
+from explain_service.batch.audit import new_audit_key
 from explain_service.batch.io import fsync_dir, write_durable
 
 MANIFEST_NAME = "manifest.json"
 LOCK_NAME = ".lock"
+AUDIT_KEY_NAME = "audit.key"
 JOB_FORMAT = 1
 
 
@@ -123,14 +126,20 @@ class PartsDir:
         self.output = output
         self.path = output.with_name(output.name + ".parts")
         self.manifest: JobManifest | None = None
+        self.audit_key: str | None = None
         self._lock_fd: int | None = None
 
     @property
     def manifest_path(self) -> Path:
         return self.path / MANIFEST_NAME
 
-    def open(self, job: dict[str, Any], *, resume: bool) -> JobManifest:
-        """Start a new job or take up the one recorded here; refuses what cannot be resumed."""
+    def open(self, job: dict[str, Any], *, resume: bool, audit: bool = False) -> JobManifest:
+        """Start a new job or take up the one recorded here; refuses what cannot be resumed.
+
+        ``audit``: the job stores audit records; a new job draws its audit key (written before
+        the manifest, so a manifest always has its key), a resumed one reads it back into
+        :attr:`audit_key`.
+        """
         existed = self.path.exists()
         if existed and not resume:
             raise JobStateError(
@@ -147,8 +156,13 @@ class PartsDir:
                 raise JobStateError(f"unreadable job manifest {self.manifest_path}: {exc}") from None
             self._check_identity(manifest.job, job)
             self._check_parts(manifest)
+            if audit:
+                self.audit_key = self._read_audit_key()
         else:
             manifest = JobManifest(job=job)
+            if audit:
+                self.audit_key = new_audit_key()
+                write_durable(self.path / AUDIT_KEY_NAME, self.audit_key.encode(), mode=0o600)
             write_durable(self.manifest_path, manifest.to_json())
         self._sweep(manifest)
         self.manifest = manifest
@@ -171,6 +185,18 @@ class PartsDir:
             "or delete the directory to start again"
         )
 
+    def _read_audit_key(self) -> str:
+        """The key the job's record ids were made with; without it a resume could store rows twice."""
+        try:
+            key = (self.path / AUDIT_KEY_NAME).read_text().strip()
+            bytes.fromhex(key)
+        except (OSError, ValueError):
+            raise JobStateError(
+                f"cannot resume: {self.path / AUDIT_KEY_NAME}, the key of this job's audit record ids, "
+                "is missing or unreadable; delete the directory to start again"
+            ) from None
+        return key
+
     def _lock(self) -> None:
         fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -192,7 +218,7 @@ class PartsDir:
 
     def _sweep(self, manifest: JobManifest) -> None:
         """Remove temporary files and parts that no committed chunk owns."""
-        keep = {MANIFEST_NAME, LOCK_NAME}
+        keep = {MANIFEST_NAME, LOCK_NAME, AUDIT_KEY_NAME}
         for index, record in manifest.chunks.items():
             keep.add(part_name(index))
             if record.rejected_sha256 is not None:

@@ -1,7 +1,7 @@
 """Whole-chunk validation with the rules of the API's per-instance schema.
 
 The API validates one instance at a time with a marshmallow schema generated
-from the model's feature schema (:func:`explain_service.api.validation.instance_schema`).
+from the model's feature schema (:func:`explain_service.validation.instance_schema`).
 At batch sizes that per-row path costs more than the explanation itself, so a
 chunk is checked column by column here with the same rules:
 
@@ -22,6 +22,11 @@ are passed through the per-row schema, whose messages are what the
 rejected-rows file reports. ``tests/test_batch.py`` checks that both
 paths accept exactly the same rows; were they ever to disagree, the row is still
 rejected, naming the fields the vectorised rules refused.
+
+Rows whose values pass are then preprocessed once, and a row that leaves the
+float32 range in the estimator's matrix (a scaler with a small scale turns 3e38
+into infinity) is rejected with the API's own check and message
+(:func:`explain_service.validation.transformed_errors`).
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ import pandas as pd
 
 from explain_service.registry.model import LoadedModel
 from explain_service.registry.schema import INTEGER_BOUND, NUMERIC_BOUND, Feature
-from explain_service.validation import validate_row_errors
+from explain_service.validation import transformed_errors, validate_row_errors
 
 INT64_MAX = np.iinfo(np.int64).max
 TRUE_TEXT = "true"
@@ -226,7 +231,25 @@ def validate_chunk(model: LoadedModel, frame: pd.DataFrame, *, typed: bool = Fal
             name: ["Rejected by the batch validator."] for name, bad in refused.items() if bad[i]
         }
     columns = {name: column[valid] for name, column in values.items()}
-    return CheckedChunk(columns, valid, errors)
+    overflow = _overflowing(model, columns)
+    if overflow:
+        places = np.flatnonzero(valid)
+        for k, found in overflow.items():
+            errors[int(places[k])] = found
+            valid[places[k]] = False
+        keep = np.ones(len(places), dtype=bool)
+        keep[list(overflow)] = False
+        columns = {name: column[keep] for name, column in columns.items()}
+    return CheckedChunk(columns, valid, dict(sorted(errors.items())))
+
+
+def _overflowing(model: LoadedModel, columns: dict[str, np.ndarray]) -> dict[int, dict[str, list[str]]]:
+    """Rows (by place among ``columns``) that leave the float32 range once preprocessed, as the API finds them."""
+    if model.preprocessor is None or not len(next(iter(columns.values()), ())):
+        return {}  # without preprocessing the matrix holds the validated values themselves
+    with np.errstate(over="ignore", invalid="ignore"):
+        X = model.transform(pd.DataFrame(columns, copy=False), columns)
+    return transformed_errors(model, X)
 
 
 def decoded_records(model: LoadedModel, frame: pd.DataFrame, *, typed: bool = False) -> list[dict[str, Any]]:

@@ -31,6 +31,7 @@ import pandas as pd
 from explain_service.deadline import check_deadline
 from explain_service.explainers._tabular import FeatureStats, make_frame, model_output
 from explain_service.explainers.base import ModelLike
+from explain_service.metrics import BUDGET_REASON
 
 BEAM_WIDTH = 12
 BEAM_PER_FEATURE_SET = 2
@@ -289,7 +290,7 @@ class Search:
                 reason = f"no other valid change within {self.max_changes} changed features"
                 break
             if time.perf_counter() >= self.deadline:
-                reason = "the time budget ran out"
+                reason = BUDGET_REASON
                 break
             check_deadline()
             grown = self._grow(self._beam(frontier, frontier_out, goal), seen)

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from explain_service.deadline import check_deadline
 from explain_service.explainers.base import ModelLike, derive_seed
 from explain_service.registry.schema import Feature
 
@@ -207,9 +208,14 @@ def make_frame(features: tuple[Feature, ...], columns: dict[str, np.ndarray]) ->
 
 
 def model_output(model: ModelLike, frame: pd.DataFrame) -> np.ndarray:
-    """The model's output for ``frame`` as (n, k): probabilities, or values with k = 1."""
+    """The model's output for ``frame`` as (n, k): probabilities, or values with k = 1.
+
+    Scored in chunks of :data:`MAX_BATCH_ROWS` with the request's deadline checked before each, so
+    a large neighbourhood stops within about one chunk's time of it.
+    """
     parts = []
     for start in range(0, len(frame), MAX_BATCH_ROWS):
+        check_deadline()
         chunk = frame if len(frame) <= MAX_BATCH_ROWS else frame.iloc[start : start + MAX_BATCH_ROWS]
         if model.task == "regression":
             parts.append(np.asarray(model.predict_value(chunk), dtype=float).reshape(-1, 1))

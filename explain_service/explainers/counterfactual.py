@@ -8,7 +8,10 @@ class. For a regressor the goal is ``options.desired_range`` (required).
 
 Constraints come from the manifest (``model.schema.constraint(name)``) and
 are overridden key by key, per feature, by ``options.constraints``;
-``options.immutable`` is a shorthand for ``{"mutable": false}``. A numeric
+``options.immutable`` is a shorthand for ``{"mutable": false}``. A sensitive
+feature the manifest freezes (see ``register_model(sensitive=...)``) stays
+frozen: only the model's owner may allow changing it, so a request asking
+``{"mutable": true}`` for it is refused. A numeric
 ``range`` bounds the values a feature may be changed to; ``forbidden`` lists
 categories a categorical feature is never changed to; a ``direction``
 applies to numeric, integer and boolean (False < True) features. Categories
@@ -132,6 +135,12 @@ def resolve_rules(schema: FeatureSchema, options: dict[str, Any]) -> list[Rule]:
         base = schema.constraint(feature.name).to_dict()
         ask = requested.get(feature.name, {})
         _check_fit(feature, ask)
+        if ask.get("mutable") and feature.name in schema.sensitive and not base["mutable"]:
+            raise OptionError(
+                "counterfactual",
+                f"constraints.{feature.name}.mutable",
+                "a sensitive feature; only the model's registration may allow changing it",
+            )
         merged = {**base, **ask}
         direction = merged.get("direction") if feature.kind != "categorical" else None
         rng = merged.get("range") if feature.is_numeric else None

@@ -268,21 +268,18 @@ class LimeExplainer:
         # Rows are explained in groups whose samples fit one model call.
         group = max(1, MAX_BATCH_ROWS // (n * repeats + 1))
         results = []
+        # The deadline is checked before each neighbourhood, each model chunk (in model_output) and
+        # each fit: at the largest legal options (20,000 samples x 10 seeds) the longest step between
+        # two checks is one chunk of MAX_BATCH_ROWS predictions, a fraction of a second.
         for lo in range(0, len(records), group):
-            check_deadline()
             hi = min(lo + group, len(records))
-            blocks = [
-                neighbourhood(
-                    stats,
-                    records[i],
-                    n,
-                    (seeds[i] + r) & MAX_SEED,
-                    float(options["width"]),
-                    float(options["change_probability"]),
-                )
-                for i in range(lo, hi)
-                for r in range(repeats)
-            ]
+            blocks = []
+            for i in range(lo, hi):
+                for r in range(repeats):
+                    check_deadline()
+                    seed = (seeds[i] + r) & MAX_SEED
+                    width, change = float(options["width"]), float(options["change_probability"])
+                    blocks.append(neighbourhood(stats, records[i], n, seed, width, change))
             # One batched model call: every sample, then the rows themselves (for their predicted class).
             columns = {
                 f.name: np.concatenate([b[0][f.name] for b in blocks] + [frame[f.name].to_numpy()[lo:hi]])
@@ -300,6 +297,7 @@ class LimeExplainer:
                 indicator = categorical | np.array([records[i][f.name] is None for f in features])
                 instance = indicator.astype(float)
                 for r in range(repeats):
+                    check_deadline()
                     k = (i - lo) * repeats + r
                     z = blocks[k][1]
                     w = kernel_weights(z, indicator, options.get("kernel_width"))

@@ -37,16 +37,19 @@ GERMAN_COLUMNS = [
     "age",
 ]
 # Counterfactuals a person could act on: no change of sex, nobody gets younger, and "not_known"
-# (no information about an account) is never proposed as something to become.
+# (no information about an account) is never proposed as something to become. Age is sensitive,
+# so it would be frozen; waiting is something a person can do, so it is allowed explicitly.
 GERMAN_CONSTRAINTS: dict[str, dict[str, Any]] = {
     "sex": {"mutable": False},
-    "age": {"direction": "increase"},
+    "age": {"mutable": True, "direction": "increase"},
     "job": {"mutable": False},
     "duration": {"range": [4, 72]},
     "credit_amount": {"range": [250, 20000]},
     "saving_accounts": {"forbidden": ["not_known"]},
     "checking_account": {"forbidden": ["not_known"]},
 }
+# The groups of the bias audit: sex by value, age in bands (the data's ages are 19 to 75).
+GERMAN_SENSITIVE: dict[str, list[float] | None] = {"sex": None, "age": [0, 25, 40, 60, 200]}
 DIABETES_CONSTRAINTS: dict[str, dict[str, Any]] = {
     "sex": {"mutable": False},
     "age": {"direction": "increase"},
@@ -87,6 +90,7 @@ def _register_german(model: Any, name: str, models_dir: Path, description: str) 
         class_names=["bad", "good"],
         favorable="good",
         constraints=GERMAN_CONSTRAINTS,
+        sensitive=GERMAN_SENSITIVE,
         models_dir=models_dir,
         description=description,
     )

@@ -18,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 
+from explain_service import metrics
 from explain_service.errors import ArtifactRefused, IntegrityError, ModelNotFound, ModelUnavailable
 from explain_service.registry import artifacts
 from explain_service.registry.manifest import (
@@ -54,6 +55,9 @@ def read_background(data: bytes, schema: FeatureSchema) -> pd.DataFrame:
         keep_default_na=False,
         # Only an empty cell of a feature that takes missing values is missing ("NA" is a category).
         na_values={f.name: [""] for f in schema.features if f.missing},
+        # The file holds each float's shortest round-trip text; pandas' default parser can land one
+        # ulp away, enough to move a row across a tree's split threshold.
+        float_precision="round_trip",
     )
     if list(frame.columns) != schema.names:
         raise ValueError("background columns do not match the feature schema")
@@ -244,6 +248,7 @@ class ModelRegistry:
             problem = self._verdicts.recheck(key, full=full)
             if problem is not None:
                 log.error("model %s version %s changed on disk in %s: %s", name, version, directory, problem)
+                metrics.model_load_failed(name)
                 self._loaded.pop(key, None)
                 return self._verdicts.mark_broken(key, directory, f"changed on disk since loading; {problem}")
             model = self._loaded.get(key)
@@ -266,6 +271,7 @@ class ModelRegistry:
             files = VersionFiles(directory, _verified_hashes(model, directory))
         except Exception as exc:  # any failure makes this version unavailable, never the server
             log.error("model %s version %s cannot be loaded from %s: %s", *key, directory, exc)
+            metrics.model_load_failed(key[0])
             return self._verdicts.mark_broken(key, directory, public_reason(exc, directory), stamp)
         if self.threads is not None:
             model.set_threads(self.threads)

@@ -11,14 +11,22 @@ hidden on the frame.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from explain_service.registry.manifest import Manifest
-from explain_service.registry.preprocess import Compiled, NotMappable, compile_transform, feature_map
+from explain_service.registry.manifest import Manifest, sensitive_dict
+from explain_service.registry.preprocess import (
+    Compiled,
+    NotMappable,
+    compile_transform,
+    compiled_agrees,
+    feature_map,
+    with_missing,
+)
 from explain_service.registry.schema import FeatureSchema
 
 SKLEARN_TREES = (
@@ -70,14 +78,32 @@ class Prepared:
     Passed explicitly from the caller to the prediction and every method, so the matrix
     is computed once and can never be taken for another frame's: pandas copies
     ``DataFrame.attrs`` onto derived frames, so nothing is remembered there.
+
+    Rows prepared from their column arrays (a validated request) build their frame only when
+    a method asks for it: the tree and linear paths read the matrix alone, and building a
+    one-row DataFrame costs about as much as their whole computation.
     """
 
-    frame: pd.DataFrame
     matrix: np.ndarray
     model_sha256: str
+    columns: Mapping[str, np.ndarray] | None = None  # the rows' column arrays, when the caller built them
+    given_frame: pd.DataFrame | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
-        return len(self.frame)
+        return int(self.matrix.shape[0])
+
+    @property
+    def frame(self) -> pd.DataFrame:
+        """The typed rows as a frame (built from the columns on first use)."""
+        if self.given_frame is None:
+            assert self.columns is not None
+            object.__setattr__(self, "given_frame", pd.DataFrame(dict(self.columns), copy=False))
+        assert self.given_frame is not None
+        return self.given_frame
+
+    def column_arrays(self) -> Mapping[str, Any]:
+        """The rows' columns by name: the arrays they were built from, else the frame's own."""
+        return self.columns if self.columns is not None else self.frame
 
 
 type Rows = pd.DataFrame | Prepared
@@ -104,6 +130,7 @@ class LoadedModel:
     _compiled: Compiled | None = field(init=False, default=None, repr=False)
     _codes: dict[str, dict[str, float]] = field(init=False, default_factory=dict, repr=False)
     _cache: dict[str, Any] = field(init=False, default_factory=dict, repr=False)
+    _sha256: str | None = field(init=False, default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.library = estimator_library(self.estimator)
@@ -124,9 +151,7 @@ class LoadedModel:
                 self.feature_index = None
             self._compiled = compile_transform(self.preprocessor, names)
             self.transform_path = "sklearn"
-            # The compiled transformers assume complete rows; imputers and NaN categories need sklearn.
-            takes_missing = any(f.missing for f in self.schema.features)
-            if self._compiled is not None and not takes_missing and self._compiled_agrees():
+            if self._compiled is not None and self._compiled_agrees():
                 self.transform_path = "compiled"
             else:
                 self._compiled = None
@@ -145,7 +170,10 @@ class LoadedModel:
 
     @property
     def sha256(self) -> str:
-        return self.manifest.sha256
+        # Hashed once: a request reads it several times (caches, the answer, the audit record).
+        if self._sha256 is None:
+            self._sha256 = self.manifest.sha256
+        return self._sha256
 
     @property
     def task(self) -> str:
@@ -204,7 +232,14 @@ class LoadedModel:
 
     def prepare(self, rows: pd.DataFrame, columns: dict[str, np.ndarray] | None = None) -> Prepared:
         """``rows`` with their matrix, transformed once for a request's prediction and methods."""
-        return Prepared(rows, self.transform(rows, columns), self.sha256)
+        return Prepared(self.transform(rows, columns), self.sha256, columns, rows)
+
+    def prepare_columns(self, columns: dict[str, np.ndarray]) -> Prepared:
+        """Typed rows given as column arrays in schema order, with their matrix; no frame is built
+        unless the compiled preprocessing is unavailable (scikit-learn's reads frames)."""
+        if self._compiled is not None:
+            return Prepared(self._compiled(columns), self.sha256, columns)
+        return self.prepare(pd.DataFrame(columns, copy=False), columns)
 
     def matrix_of(self, rows: Rows) -> np.ndarray:
         """The matrix of prepared rows (when prepared by this model), else of a plain frame."""
@@ -230,17 +265,13 @@ class LoadedModel:
         return np.array([codes.get(v, np.nan) for v in rows[name].tolist()], dtype=np.float64)
 
     def _compiled_agrees(self) -> bool:
+        """The compiled path equals sklearn's on the background, and on it with NaN in every nullable feature."""
         assert self._compiled is not None
-        try:
-            fast = self._compiled(self.columns(self.background))
-            ref = self.preprocessor.transform(self.background[self.schema.names])  # type: ignore[union-attr]
-        except Exception:
-            return False
-        if hasattr(ref, "toarray"):
-            # Sparse output changes what XGBoost treats as missing; keep the library path.
-            return False
-        ref = np.asarray(ref, dtype=np.float64)
-        return fast.shape == ref.shape and bool(np.array_equal(fast, ref))
+        frames = [self.background]
+        nullable = {f.name: f.dtype for f in self.schema.features if f.missing}
+        if nullable:
+            frames.append(with_missing(self.background, nullable))
+        return compiled_agrees(self._compiled, self.preprocessor, frames, self.schema.names)
 
     # -- predictions on the estimator's matrix ---------------------------------------------------
     def _dmatrix(self, X: np.ndarray) -> Any:
@@ -301,10 +332,13 @@ class LoadedModel:
             "sha256": m.sha256,
             "task": m.task,
             "description": m.description,
+            "intended_use": m.intended_use,
+            "owner": m.owner,
             "class_names": list(m.class_names),
             "favorable": m.favorable,
             "features": [f.to_dict() for f in m.schema.features],
             "constraints": {k: c.to_dict() for k, c in m.schema.constraints.items()},
+            "sensitive": sensitive_dict(m.sensitive),
             "estimator": m.estimator.cls,
             "shap_path": self.family,
             "transform_path": self.transform_path,

@@ -9,8 +9,16 @@ Two things are derived from a fitted scikit-learn preprocessor:
   transformers (ColumnTransformer, Pipeline, OneHotEncoder, OrdinalEncoder,
   StandardScaler, MinMaxScaler, SimpleImputer without indicator, passthrough,
   drop). scikit-learn's DataFrame handling costs a millisecond or more per call,
-  several times the TreeSHAP of one row; the compiled path is checked to agree
-  with ``transform`` on the background rows at load time and is used only then.
+  several times the TreeSHAP of one row; the compiled path is used only when
+  :func:`compiled_agrees` finds it equal to ``transform`` at load time.
+
+Missing values (NaN, as typed rows hold them) follow scikit-learn's rules: a
+SimpleImputer fills them with its fitted statistics, a OneHotEncoder that saw
+NaN when fitted gives it its own column (one that did not gives zeros, as
+``handle_unknown="ignore"`` does), an OrdinalEncoder writes its
+``encoded_missing_value``, scalers and passthrough carry NaN on. Whatever is
+not covered here is caught by the agreement check, which also runs on the
+background with NaN injected into every feature that takes missing values.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from sklearn.compose import ColumnTransformer
 from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
@@ -138,20 +147,23 @@ def _compile(trans: Any, names: list[str]) -> Compiled | None:
             np.array([k for k in range(len(c)) if drop is None or drop[i] is None or k != drop[i]], dtype=int)
             for i, c in enumerate(cats)
         ]
+        # A NaN category (seen when fitting) matches missing cells; NaN == NaN is False, so it is
+        # compared through the mask instead.
+        nan_cats = [_nan_mask(c[keep[i]]) for i, c in enumerate(cats)]
 
         def onehot(cols: Columns) -> np.ndarray:
             blocks = []
             for i, n in enumerate(names):
                 col = cols[n].astype(object)
-                blocks.append((col[:, None] == cats[i][None, keep[i]]).astype(np.float64))
+                hits = col[:, None] == cats[i][None, keep[i]]
+                if nan_cats[i].any():
+                    hits[:, nan_cats[i]] = _nan_mask(col)[:, None]
+                blocks.append(hits.astype(np.float64))
             return np.hstack(blocks)
 
         return onehot
     if isinstance(trans, OrdinalEncoder):
-        lookups = [{v: float(k) for k, v in enumerate(c)} for c in trans.categories_]
-        return lambda cols: np.column_stack(
-            [np.array([lookups[i][v] for v in cols[n]], dtype=np.float64) for i, n in enumerate(names)]
-        )
+        return _compile_ordinal(trans, names)
     if isinstance(trans, StandardScaler):
         mean = trans.mean_ if trans.mean_ is not None else 0.0
         scale = trans.scale_ if trans.scale_ is not None else 1.0
@@ -162,9 +174,63 @@ def _compile(trans: Any, names: list[str]) -> Compiled | None:
             return lambda cols: np.clip(_stack(cols, names) * trans.scale_ + trans.min_, lo, hi)
         return lambda cols: _stack(cols, names) * trans.scale_ + trans.min_
     if isinstance(trans, SimpleImputer) and not trans.add_indicator:
-        # Validated rows never hold missing values, so the imputer is the identity.
-        return lambda cols: _stack(cols, names)
+        return _compile_imputer(trans, names)
     return None
+
+
+def _nan_mask(values: np.ndarray) -> np.ndarray:
+    """Where ``values`` hold a float NaN (the missing value of typed rows), for any dtype."""
+    if values.dtype.kind == "f":
+        return np.isnan(values)
+    return np.fromiter((isinstance(v, float) and v != v for v in values), bool, len(values))
+
+
+def _compile_imputer(trans: SimpleImputer, names: list[str]) -> Compiled | None:
+    """Missing cells take the column's fitted statistic; numbers stay float, text stays object."""
+    marker = trans.missing_values
+    if not (isinstance(marker, float) and marker != marker):
+        return None  # a sentinel such as -1 or "missing": rare, and left to scikit-learn
+    stats = np.asarray(trans.statistics_, dtype=object)
+    if len(stats) != len(names) or any(isinstance(v, float) and v != v for v in stats):
+        return None  # a column that was empty when fitted is dropped by transform
+    numeric = all(isinstance(v, int | float | np.number) and not isinstance(v, bool) for v in stats)
+
+    def impute(cols: Columns) -> np.ndarray:
+        if numeric:
+            out = _stack(cols, names)
+            missing = np.isnan(out)
+            if missing.any():
+                out[missing] = np.broadcast_to(stats.astype(np.float64), out.shape)[missing]
+            return out
+        out = np.column_stack([cols[n].astype(object) for n in names])
+        for j in range(out.shape[1]):
+            out[_nan_mask(out[:, j]), j] = stats[j]
+        return out
+
+    return impute
+
+
+def _compile_ordinal(trans: OrdinalEncoder, names: list[str]) -> Compiled | None:
+    """Categories as their index; NaN as ``encoded_missing_value`` when the encoder saw NaN."""
+    lookups = []
+    missing_codes: list[float | None] = []
+    for cats in trans.categories_:
+        cats = np.asarray(cats, dtype=object)
+        nan_at = _nan_mask(cats)
+        lookups.append({v: float(k) for k, v in enumerate(cats) if not nan_at[k]})
+        missing_codes.append(float(trans.encoded_missing_value) if nan_at.any() else None)
+
+    def code(i: int, v: Any) -> float:
+        if isinstance(v, float) and v != v:
+            missing = missing_codes[i]
+            if missing is None:
+                raise ValueError("a missing value the encoder never saw")
+            return missing
+        return lookups[i][v]
+
+    return lambda cols: np.column_stack(
+        [np.array([code(i, v) for v in cols[n]], dtype=np.float64) for i, n in enumerate(names)]
+    )
 
 
 def _compile_pipeline(pipe: Pipeline, names: list[str]) -> Compiled | None:
@@ -202,3 +268,38 @@ def compile_transform(preprocessor: Any, names: list[str]) -> Compiled | None:
         return _compile(preprocessor, names)
     except Exception:
         return None
+
+
+def with_missing(frame: pd.DataFrame, dtypes: dict[str, Any], *, seed: int = 0) -> pd.DataFrame:
+    """``frame`` with NaN in about a third of the cells of each column of ``dtypes`` (and all of row 0).
+
+    Columns take the given dtypes, as typed request rows hold them (NaN in float or object columns).
+    """
+    rng = np.random.default_rng(seed)
+    out = frame.copy()
+    for name, dtype in dtypes.items():
+        column = np.array(frame[name].to_numpy(), dtype=dtype, copy=True)
+        hole = rng.random(len(column)) < 0.35
+        hole[:1] = True
+        column[hole] = np.nan
+        out[name] = column
+    return out
+
+
+def compiled_agrees(
+    compiled: Compiled, preprocessor: Any, frames: list[pd.DataFrame], names: list[str]
+) -> bool:
+    """Whether ``compiled`` equals ``preprocessor.transform`` exactly (NaN where it has NaN) on every frame."""
+    for frame in frames:
+        try:
+            fast = compiled({n: frame[n].to_numpy() for n in names})
+            ref = preprocessor.transform(frame[names])
+        except Exception:
+            return False
+        if hasattr(ref, "toarray"):
+            # Sparse output changes what XGBoost treats as missing; keep the library path.
+            return False
+        ref = np.asarray(ref, dtype=np.float64)
+        if fast.shape != ref.shape or not np.array_equal(fast, ref, equal_nan=True):
+            return False
+    return True

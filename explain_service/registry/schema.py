@@ -16,6 +16,8 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from explain_service.fairness.groups import check_edges
+
 FeatureKind = Literal["numeric", "integer", "categorical", "boolean"]
 FEATURE_KINDS: tuple[str, ...] = ("numeric", "integer", "categorical", "boolean")
 Direction = Literal["increase", "decrease"]
@@ -139,10 +141,16 @@ class Constraint:
 
 @dataclass(frozen=True)
 class FeatureSchema:
-    """The ordered features of a model plus their constraints."""
+    """The ordered features of a model plus their constraints and sensitive features.
+
+    ``sensitive`` maps each sensitive feature to its bin edges (numeric) or ``None``
+    (grouped by value); :func:`explain_service.fairness.groups.group_labels` turns values
+    into group labels with them.
+    """
 
     features: tuple[Feature, ...]
     constraints: dict[str, Constraint] = field(default_factory=dict)
+    sensitive: dict[str, tuple[float, ...] | None] = field(default_factory=dict)
 
     @property
     def names(self) -> list[str]:
@@ -157,15 +165,18 @@ class FeatureSchema:
     def constraint(self, name: str) -> Constraint:
         return self.constraints.get(name, Constraint())
 
-    def flags(self, rows: pd.DataFrame) -> list[dict[str, list[str]]]:
+    def flags(self, rows: pd.DataFrame | Mapping[str, Any]) -> list[dict[str, list[str]]]:
         """Per row, the features outside what the background showed at registration.
 
-        ``out_of_range``: numeric or integer values below the observed min or above the max;
-        ``missing``: features with no value. Empty lists are left out.
+        ``rows`` is a frame or its columns by name (arrays: reading them back from a frame costs
+        more than the check on a one-row request). ``out_of_range``: numeric or integer values
+        below the observed min or above the max; ``missing``: features with no value. Empty lists
+        are left out.
         """
-        out: list[dict[str, list[str]]] = [{} for _ in range(len(rows))]
+        n = len(rows) if isinstance(rows, pd.DataFrame) else len(rows[self.names[0]]) if self.names else 0
+        out: list[dict[str, list[str]]] = [{} for _ in range(n)]
         for f in self.features:
-            col = rows[f.name].to_numpy()
+            col = np.asarray(rows[f.name])
             if f.is_numeric and f.min is not None and f.max is not None:
                 values = col.astype(np.float64)
                 with np.errstate(invalid="ignore"):
@@ -263,10 +274,13 @@ def infer_schema(
     overrides: dict[str, dict[str, Any]] | None = None,
     constraints: Mapping[str, Mapping[str, Any] | Constraint] | None = None,
     allow_missing: Sequence[str] = (),
+    sensitive: Mapping[str, Sequence[float] | None] | None = None,
 ) -> FeatureSchema:
     """Infer the feature schema of ``background``; ``overrides`` replace fields per feature.
 
     Features named in ``allow_missing`` take missing values even when the background has none.
+    ``sensitive`` features are checked (:func:`parse_sensitive`) and frozen for counterfactuals
+    unless ``constraints`` gives them ``{"mutable": True}`` explicitly.
     """
     unknown = sorted(set(allow_missing) - {str(c) for c in background.columns})
     if unknown:
@@ -301,4 +315,30 @@ def infer_schema(
                     + (f" (unknown: {unknown})" if feat.kind == "categorical" else "")
                 )
         parsed[name] = c
-    return FeatureSchema(tuple(features), parsed)
+    groups = parse_sensitive(features, sensitive or {})
+    for name in groups:
+        if not _explicitly_mutable((constraints or {}).get(name)):
+            parsed[name] = replace(parsed.get(name, Constraint()), mutable=False)
+    return FeatureSchema(tuple(features), parsed, groups)
+
+
+def _explicitly_mutable(spec: Mapping[str, Any] | Constraint | None) -> bool:
+    # A Constraint object cannot tell a default ``mutable=True`` from a chosen one, so only a
+    # mapping that says ``"mutable": True`` lets a counterfactual change a sensitive feature.
+    return isinstance(spec, Mapping) and spec.get("mutable") is True
+
+
+def parse_sensitive(
+    features: Sequence[Feature], sensitive: Mapping[str, Sequence[float] | None]
+) -> dict[str, tuple[float, ...] | None]:
+    """Check ``{feature: bin edges or None}`` against the features; raise ValueError naming the culprit."""
+    if not isinstance(sensitive, Mapping):
+        raise ValueError("sensitive must map feature names to bin edges or None")
+    by_name = {f.name: f for f in features}
+    out: dict[str, tuple[float, ...] | None] = {}
+    for name, edges in sensitive.items():
+        feat = by_name.get(str(name))
+        if feat is None:
+            raise ValueError(f"sensitive names unknown feature {name!r}")
+        out[feat.name] = check_edges(feat.name, feat.kind, edges, feat.min, feat.max)
+    return out

@@ -49,6 +49,7 @@ from explain_service.registry.loading import (
 )
 from explain_service.registry.manifest import MANIFEST_NAME, NAME_RE, VERSION_RE, ArtifactRef, Manifest
 from explain_service.registry.model import LoadedModel
+from explain_service.registry.review_rules import ReviewRules
 from explain_service.registry.schema import Constraint, infer_schema
 from explain_service.versions import library_versions
 
@@ -90,6 +91,11 @@ def register_model(
     description: str | None = None,
     feature_overrides: dict[str, dict[str, Any]] | None = None,
     allow_missing: Sequence[str] = (),
+    intended_use: str | None = None,
+    owner: str | None = None,
+    personal: Sequence[str] = (),
+    sensitive: Mapping[str, Sequence[float] | None] | None = None,
+    review_rules: Mapping[str, Any] | None = None,
 ) -> Manifest:
     """Store a fitted model in the registry and return its manifest.
 
@@ -120,6 +126,21 @@ def register_model(
     allow_missing
         Features that take missing values although the background has none there; the model
         must predict on rows with NaN in them.
+    intended_use, owner
+        What the model is for (and not for), and who answers for it: shown in the transparency report.
+    personal
+        Features holding personal data beyond the sensitive ones (a postcode, a birth date): withheld,
+        like sensitive features, when incidents are exported with ``--redact``.
+    sensitive
+        Sensitive features and how to group them: ``{"sex": None, "age": [0, 25, 40, 60, 200]}``
+        (bin edges, strictly increasing and covering the background's range, for numeric
+        features; None for categorical ones). They are the default groups of bias audits, and
+        counterfactuals never change them unless ``constraints`` gives them ``{"mutable": True}``
+        explicitly.
+    review_rules
+        When an explanation is routed to a human reviewer (``review_required``), e.g.
+        ``{"probability_band": 0.05, "sensitive_features": ["sex"]}``; omitted rules take their
+        defaults and the manifest stores them all (:mod:`~explain_service.registry.review_rules`).
 
     Raises
     ------
@@ -130,8 +151,15 @@ def register_model(
     target = _target_dir(models_dir, name, version)
     original = _check_background(model, background)
     try:
-        schema = infer_schema(original, feature_overrides, constraints, allow_missing)
+        schema = infer_schema(original, feature_overrides, constraints, allow_missing, sensitive)
     except (ValueError, KeyError) as exc:
+        raise RegistrationError(str(exc)) from None
+    unknown = [f for f in personal if f not in schema.names]
+    if unknown:
+        raise RegistrationError(f"personal features {unknown} are not among the model's features")
+    try:
+        rules = ReviewRules.from_dict(review_rules, tuple(schema.names))
+    except ValueError as exc:
         raise RegistrationError(str(exc)) from None
     stored = schema.coerce(original)
     pre, final = _split(model)
@@ -156,6 +184,10 @@ def register_model(
         libraries=library_versions(("scikit-learn", "xgboost", "skops", "numpy", "pandas", "shap")),
         description=description or "",
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        intended_use=intended_use or "",
+        owner=owner or "",
+        personal=tuple(personal),
+        review_rules=rules,
     )
     _write_checked(target, blobs, manifest, lambda loaded: _verify(model, loaded, original, labels))
     return manifest

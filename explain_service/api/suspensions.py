@@ -1,0 +1,123 @@
+"""``/v1/models/{name}:suspend`` and ``:resume`` (also under ``/versions/{version}``): the stop button.
+
+Admin keys only (``access/rules.py``). The state and its audit records are
+:mod:`explain_service.audit.suspensions`; ``GET /v1/models/{name}`` shows it, and while it holds,
+``:predict`` and ``:explain`` answer 503 ``model_suspended``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import current_app
+from flask.views import MethodView
+
+from explain_service.access import caller_name
+from explain_service.api import schemas
+from explain_service.api.blueprint import Blueprint
+from explain_service.audit.suspensions import SuspensionError, SuspensionNotRecorded, Suspensions
+from explain_service.errors import AuditUnavailable, Conflict, ModelNotFound, ModelSuspended, ValidationFailed
+from explain_service.jsonio import json_response
+
+blp = Blueprint(
+    "suspensions",
+    __name__,
+    url_prefix="/v1/models",
+    description="Suspend and resume a model or one version (admin): while suspended it answers 503.",
+)
+
+SUSPEND_REQUEST = schemas.SuspendRequest()
+RESUME_REQUEST = schemas.ResumeRequest()
+
+
+def _suspensions() -> Suspensions:
+    return current_app.extensions["explain"].suspensions  # type: ignore[no-any-return]
+
+
+def check_not_suspended(name: str, version: str) -> None:
+    """Raise :class:`ModelSuspended` (503) while ``name`` or its ``version`` is suspended."""
+    found = _suspensions().active(name, version)
+    if found is not None:
+        raise ModelSuspended(name, version, found.scope, found.reason)
+
+
+def suspension_state(name: str, version: str) -> dict[str, Any] | None:
+    """What ``GET /v1/models/{name}`` shows: the suspension in force for this version, or None."""
+    found = _suspensions().active(name, version)
+    return None if found is None else found.to_dict()
+
+
+def _registered(name: str, version: str | None) -> None:
+    versions = current_app.extensions["explain"].registry.versions(name)
+    if not versions or (version is not None and version not in versions):
+        raise ModelNotFound(name, version)
+
+
+def _suspend(body: dict[str, Any], name: str, version: str | None) -> Any:
+    _registered(name, version)
+    try:
+        found = _suspensions().suspend(name, version, body["reason"], by=caller_name())
+    except SuspensionNotRecorded as exc:
+        raise AuditUnavailable(str(exc)) from None
+    except SuspensionError as exc:
+        if "reason" in str(exc):
+            raise ValidationFailed({"reason": [str(exc)]}) from None
+        raise Conflict(str(exc)) from None
+    return json_response({"suspended": True, "suspension": found.to_dict()})
+
+
+def _resume(body: dict[str, Any], name: str, version: str | None) -> Any:
+    _registered(name, version)
+    try:
+        lifted = _suspensions().resume(name, version, by=caller_name(), reason=body.get("reason") or "")
+    except SuspensionNotRecorded as exc:
+        raise AuditUnavailable(str(exc)) from None
+    except SuspensionError as exc:
+        raise Conflict(str(exc)) from None
+    return json_response({"suspended": False, "suspension": lifted.to_dict()})
+
+
+@blp.route("/<name>:suspend")
+class SuspendView(MethodView):
+    @blp.arguments(SUSPEND_REQUEST)
+    @blp.response(200, schemas.SuspensionAnswer)
+    @blp.alt_response(404, schema=schemas.ErrorResponse)
+    @blp.alt_response(409, schema=schemas.ErrorResponse)
+    @blp.alt_response(422, schema=schemas.ErrorResponse)
+    def post(self, body: dict[str, Any], name: str) -> Any:
+        """Suspend every version of a model: :predict and :explain answer 503 until it is resumed."""
+        return _suspend(body, name, None)
+
+
+@blp.route("/<name>:resume")
+class ResumeView(MethodView):
+    @blp.arguments(RESUME_REQUEST)
+    @blp.response(200, schemas.SuspensionAnswer)
+    @blp.alt_response(404, schema=schemas.ErrorResponse)
+    @blp.alt_response(409, schema=schemas.ErrorResponse)
+    def post(self, body: dict[str, Any], name: str) -> Any:
+        """Lift a whole-model suspension (a version's own suspension stays)."""
+        return _resume(body, name, None)
+
+
+@blp.route("/<name>/versions/<version>:suspend")
+class SuspendVersionView(MethodView):
+    @blp.arguments(SUSPEND_REQUEST)
+    @blp.response(200, schemas.SuspensionAnswer)
+    @blp.alt_response(404, schema=schemas.ErrorResponse)
+    @blp.alt_response(409, schema=schemas.ErrorResponse)
+    @blp.alt_response(422, schema=schemas.ErrorResponse)
+    def post(self, body: dict[str, Any], name: str, version: str) -> Any:
+        """Suspend one version of a model."""
+        return _suspend(body, name, version)
+
+
+@blp.route("/<name>/versions/<version>:resume")
+class ResumeVersionView(MethodView):
+    @blp.arguments(RESUME_REQUEST)
+    @blp.response(200, schemas.SuspensionAnswer)
+    @blp.alt_response(404, schema=schemas.ErrorResponse)
+    @blp.alt_response(409, schema=schemas.ErrorResponse)
+    def post(self, body: dict[str, Any], name: str, version: str) -> Any:
+        """Lift one version's own suspension."""
+        return _resume(body, name, version)

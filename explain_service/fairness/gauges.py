@@ -1,0 +1,67 @@
+"""Prometheus gauges of live disparity, computed at scrape time from the disparity counts.
+
+::
+
+    explain_disparity_ratio{model, version, feature}                 demographic parity ratio (NaN: undefined)
+    explain_disparity_alert{model, version, feature}                 1 when the ratio is under the threshold
+    explain_disparity_selection_rate{model, version, feature, group}  favourable / decisions in the window
+    explain_disparity_decisions{model, version, feature, group}       decisions in the window
+
+Labels are bounded: models and versions come from the registry (a version is counted only when its
+manifest is read), features and groups from each manifest's sensitive grouping.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from sqlalchemy.exc import SQLAlchemyError
+
+from explain_service.audit.errors import AuditError
+from explain_service.fairness.monitor import DisparitySettings, disparity, monitored_versions
+
+log = logging.getLogger(__name__)
+
+
+def disparity_metrics(tally: Any, settings: DisparitySettings) -> bytes:
+    """The gauges above in Prometheus text format, after folding in the newest records."""
+    registry = CollectorRegistry()
+    labels = ["model", "version", "feature"]
+    ratio = Gauge(
+        "explain_disparity_ratio", "Demographic parity ratio over the window", labels, registry=registry
+    )
+    alert = Gauge(
+        "explain_disparity_alert", "1 when the parity ratio is under the threshold", labels, registry=registry
+    )
+    rate = Gauge(
+        "explain_disparity_selection_rate",
+        "Favourable decisions over decisions in the window, per sensitive group",
+        [*labels, "group"],
+        registry=registry,
+    )
+    decisions = Gauge(
+        "explain_disparity_decisions",
+        "Decisions in the window, per sensitive group",
+        [*labels, "group"],
+        registry=registry,
+    )
+    try:
+        tally.catch_up()
+        with tally.connect() as conn:
+            for name, version in monitored_versions(conn):
+                report = disparity(conn, name, version, settings)
+                for feature, figures in report["by_feature"].items():
+                    value = figures["demographic_parity_ratio"]
+                    ratio.labels(name, version, feature).set(math.nan if value is None else value)
+                    alert.labels(name, version, feature).set(1 if figures["alert"] else 0)
+                    for group, counts in figures["groups"].items():
+                        rate.labels(name, version, feature, group).set(counts["selection_rate"])
+                        decisions.labels(name, version, feature, group).set(counts["decisions"])
+    except (AuditError, SQLAlchemyError):
+        # The request metrics still matter when the audit database does not answer; /readyz says why.
+        log.warning("metrics: live disparity could not be read", exc_info=True)
+        return b""
+    return generate_latest(registry)

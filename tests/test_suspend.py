@@ -1,0 +1,124 @@
+"""The stop button in one process: admin endpoints, the 503 answer, chain records, the CLI."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from explain_service.audit.store import AuditStore
+from explain_service.audit.suspensions import CACHE_SECONDS, Suspensions
+from explain_service.cli import main
+from tests.conftest import GERMAN_ROW
+from tests.test_access import auth, secured_app
+
+ROLES = ("explain", "review", "admin")
+MODEL = "german-credit"
+BODY = {"instances": [GERMAN_ROW]}
+
+
+@pytest.fixture
+def secured(demo_models_dir: Path, tmp_path: Path, url: str):
+    app = secured_app(demo_models_dir, url, tmp_path)
+    store = app.extensions["explain_access"].keys
+    keys = {role: store.create(f"{role}-key", role) for role in ROLES}
+    return app, app.test_client(), keys
+
+
+def predict(client, key: str, version: str | None = None):
+    where = f"/v1/models/{MODEL}" + (f"/versions/{version}" if version else "")
+    return client.post(f"{where}:predict", json=BODY, headers=auth(key))
+
+
+def test_suspend_and_resume_over_http(secured) -> None:
+    app, client, keys = secured
+    assert predict(client, keys["explain"]).status_code == 200
+    for role in ("explain", "review"):
+        r = client.post(f"/v1/models/{MODEL}:suspend", json={"reason": "x"}, headers=auth(keys[role]))
+        assert r.status_code == 403
+    r = client.post(
+        f"/v1/models/{MODEL}:suspend", json={"reason": "drift in income data"}, headers=auth(keys["admin"])
+    )
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json()["suspension"]["by"] == "admin-key"
+    for path in (":predict", ":explain", "/versions/1:predict", "/versions/1:explain"):
+        r = client.post(
+            f"/v1/models/{MODEL}{path}", json=BODY, headers=auth(keys["explain"])
+        )  # shap by default
+        assert r.status_code == 503, path
+        answer = r.get_json()
+        assert (
+            answer["message"].startswith("model_suspended:") and "drift in income data" in answer["message"]
+        )
+        assert answer["errors"]["model"] == ["model_suspended: drift in income data"]
+    described = client.get(f"/v1/models/{MODEL}", headers=auth(keys["explain"])).get_json()
+    assert described["suspension"]["scope"] == "model"
+    assert described["suspension"]["reason"] == "drift in income data"
+    again = client.post(f"/v1/models/{MODEL}:suspend", json={"reason": "y"}, headers=auth(keys["admin"]))
+    assert again.status_code == 409
+    # Nothing was explained while suspended: no explanation record, only the suspension's.
+    store: AuditStore = app.extensions["explain"].audit
+    kinds = [r.body["kind"] for r in store.list_records(limit=50)]
+    assert "explanation" not in kinds and kinds.count("suspension") == 1
+
+    r = client.post(f"/v1/models/{MODEL}:resume", json={}, headers=auth(keys["admin"]))
+    assert r.status_code == 200, r.get_json()
+    assert predict(client, keys["explain"]).status_code == 200
+    assert client.get(f"/v1/models/{MODEL}", headers=auth(keys["explain"])).get_json()["suspension"] is None
+    assert client.post(f"/v1/models/{MODEL}:resume", json={}, headers=auth(keys["admin"])).status_code == 409
+    suspensions = [r.body for r in store.list_records(limit=50) if r.body["kind"] == "suspension"]
+    assert [(b["action"], b["by"], b["version"]) for b in reversed(suspensions)] == [
+        ("suspend", "admin-key", None),
+        ("resume", "admin-key", None),
+    ]
+    assert store.verify().ok
+
+
+def test_a_version_suspension_and_a_model_suspension_are_separate(secured) -> None:
+    _, client, keys = secured
+    admin = auth(keys["admin"])
+    r = client.post(f"/v1/models/{MODEL}/versions/1:suspend", json={"reason": "bad batch"}, headers=admin)
+    assert r.status_code == 200
+    assert predict(client, keys["explain"], "1").status_code == 503
+    client.post(f"/v1/models/{MODEL}:suspend", json={"reason": "all off"}, headers=admin)
+    client.post(f"/v1/models/{MODEL}:resume", json={}, headers=admin)
+    r = predict(client, keys["explain"], "1")
+    assert r.status_code == 503 and "bad batch" in r.get_json()["message"]
+    assert client.post(f"/v1/models/{MODEL}/versions/1:resume", json={}, headers=admin).status_code == 200
+    assert predict(client, keys["explain"], "1").status_code == 200
+    bad = [
+        (f"/v1/models/{MODEL}:suspend", {}, 422),
+        (f"/v1/models/{MODEL}:suspend", {"reason": ""}, 422),
+        (f"/v1/models/{MODEL}:suspend", {"reason": "x" * 501}, 422),
+        ("/v1/models/no-such-model:suspend", {"reason": "x"}, 404),
+        (f"/v1/models/{MODEL}/versions/99:suspend", {"reason": "x"}, 404),
+    ]
+    for path, body, status in bad:
+        assert client.post(path, json=body, headers=admin).status_code == status, (path, body)
+
+
+def test_the_cli_suspends_a_running_service_within_the_cache_time(
+    secured, demo_models_dir: Path, url: str
+) -> None:
+    """Another process (the CLI) suspends; this app's worker obeys once its one-second cache expires."""
+    _, client, keys = secured
+    assert predict(client, keys["explain"]).status_code == 200  # the state is now cached as "running"
+    runner = CliRunner()
+    args = ["--models-dir", str(demo_models_dir), "--database-url", url]
+    result = runner.invoke(main, ["models", "suspend", f"{MODEL}@1", "--reason", "incident 12", *args])
+    assert result.exit_code == 0, result.output
+    started = time.monotonic()
+    while predict(client, keys["explain"]).status_code != 503:
+        assert time.monotonic() - started < CACHE_SECONDS + 1.0
+        time.sleep(0.05)
+    result = runner.invoke(main, ["models", "suspensions", MODEL, "--database-url", url])
+    assert "incident 12" in result.output and "cli:" in result.output
+    result = runner.invoke(main, ["models", "resume", f"{MODEL}@1", *args])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(main, ["models", "suspend", "nope", "--reason", "x", *args])
+    assert result.exit_code != 0 and "no model nope" in result.output
+    with AuditStore(url) as store:
+        assert Suspensions(store).of_model(MODEL) == []
+        assert store.verify().ok
