@@ -6,6 +6,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -93,12 +94,13 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'var' / 'audit.sqlite3'}"
 
 
-@pytest.fixture
-def postgresql_url() -> Iterator[str]:
-    base = os.environ.get(PG_ENV)
-    if not base:
-        pytest.skip(f"{PG_ENV} is not set")
-    schema = f"audit_test_{uuid.uuid4().hex[:12]}"
+@contextmanager
+def throwaway_pg_schema(base: str, prefix: str) -> Iterator[str]:
+    """A new PostgreSQL schema on ``base`` for the ``with`` block, dropped after; yields its URL.
+
+    The URL sets ``search_path`` to the schema, so tests running side by side never share tables.
+    """
+    schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
     admin = create_engine(base, isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as conn:
@@ -109,6 +111,15 @@ def postgresql_url() -> Iterator[str]:
         with admin.connect() as conn:
             conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
         admin.dispose()
+
+
+@pytest.fixture
+def postgresql_url() -> Iterator[str]:
+    base = os.environ.get(PG_ENV)
+    if not base:
+        pytest.skip(f"{PG_ENV} is not set")
+    with throwaway_pg_schema(base, "audit_test") as url:
+        yield url
 
 
 @pytest.fixture(
