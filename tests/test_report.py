@@ -13,7 +13,6 @@ from sklearn.calibration import calibration_curve
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, brier_score_loss, roc_auc_score
 
-from explain_service.app import create_app
 from explain_service.audit.aggregates import lime_bucket
 from explain_service.audit.store import AuditStore
 from explain_service.cli import main
@@ -22,21 +21,13 @@ from explain_service.registry.demo import german_credit_frame
 from explain_service.registry.store import ModelRegistry, register_model
 from explain_service.service import rows_as_dicts
 from tests.conftest import OPEN_ACCESS
+from tests.test_access import secured_app
 
 ROWS = 30
 
 
 def make_app(models_dir: Path, url: str, tmp_path: Path, **settings):
-    return create_app(
-        {
-            "models_dir": str(models_dir),
-            "database_url": url,
-            "plots_dir": str(tmp_path / "plots"),
-            "eager_load": False,
-            **OPEN_ACCESS,
-            **settings,
-        }
-    )
+    return secured_app(models_dir, url, tmp_path, **{**OPEN_ACCESS, **settings})
 
 
 @pytest.fixture
