@@ -8,8 +8,10 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
+from flask import Flask
 from sqlalchemy import create_engine, make_url
 
 from explain_service.app import create_app
@@ -47,6 +49,20 @@ OPEN_ACCESS = {
     "counterfactual_daily_quota": 0,
     "request_deadline_seconds": 0,
 }
+
+
+def open_app(models_dir: Path, database_url: str, plots_dir: Path, **settings: Any) -> Flask:
+    """An app with access open (:data:`OPEN_ACCESS`) whose models load on first use."""
+    return create_app(
+        {
+            "models_dir": str(models_dir),
+            "database_url": database_url,
+            "plots_dir": str(plots_dir),
+            "eager_load": False,
+            **OPEN_ACCESS,
+            **settings,
+        }
+    )
 
 
 @pytest.fixture(scope="session")
