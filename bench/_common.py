@@ -47,7 +47,15 @@ def gunicorn(app_spec: str, *, workers: int = 2, env: dict[str, str] | None = No
     cmd += ["--config", "python:explain_service.gunicorn_conf", app_spec]
     # Benchmarks measure computing, not the gate, unless they ask for it (bench_access.py does).
     open_access = {"EXPLAIN_AUTH": "off", "EXPLAIN_RATELIMIT_DEFAULT": ""}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **open_access, **(env or {})})
+    with running(cmd, {**os.environ, **open_access, **(env or {})}, port, "gunicorn") as base:
+        yield base
+
+
+@contextlib.contextmanager
+def running(cmd: list[str], env: dict[str, str], port: int, what: str) -> Iterator[str]:
+    """Start the server ``cmd`` (listening on ``port``), wait until ``/healthz`` answers 200, stop it
+    after; yields the base URL."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180  # model loading is slow on a busy machine
@@ -58,7 +66,7 @@ def gunicorn(app_spec: str, *, workers: int = 2, env: dict[str, str] | None = No
                         break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("gunicorn did not start") from None
+                    raise RuntimeError(f"{what} did not start") from None
                 time.sleep(0.2)
         yield base
     finally:

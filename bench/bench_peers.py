@@ -17,11 +17,9 @@ import argparse
 import contextlib
 import http.client
 import os
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,7 +27,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import ROOT, free_port, gunicorn, load_note, percentile_ms, write_section
+from bench._common import free_port, gunicorn, load_note, percentile_ms, running, write_section
 from bench._models import MODELS, SMALL, build_models, instances, load
 
 MODEL_NAMES = ("german-credit", SMALL)
@@ -43,21 +41,8 @@ def uvicorn_diy(workers: int = 2) -> Iterator[int]:
     cmd = [sys.executable, "-m", "uvicorn", "--factory", "bench.diy_server:create_app"]
     cmd += ["--host", "127.0.0.1", "--port", str(port), "--workers", str(workers), "--log-level", "warning"]
     env = {**os.environ, **ONE_THREAD, "DIY_MODELS_DIR": str(MODELS)}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("uvicorn did not start") from None
-                time.sleep(0.2)
+    with running(cmd, env, port, "uvicorn"):
         yield port
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 class Client:

@@ -27,6 +27,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -182,38 +183,50 @@ def measure(url: str) -> tuple[int, str, list[tuple[str, list[float], Any]]]:
     return total, version, out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def arguments(description: str) -> argparse.Namespace:
+    """The options both reviewer benches take; exits when there is no database to load or reuse."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--records", type=int, default=1_000_000)
-    parser.add_argument("--keep", action="store_true", help="keep the loaded database and print its URL")
+    parser.add_argument("--keep", action="store_true", help="keep a database loaded here and print its URL")
     parser.add_argument("--reuse", default=None, help="time an already loaded database (its URL)")
     parser.add_argument("--no-write", action="store_true", help="do not update bench/RESULTS.md")
     args = parser.parse_args()
-    base = os.environ.get("EXPLAIN_TEST_DATABASE_URL")
-    if args.reuse is None and not base:
+    if args.reuse is None and not os.environ.get("EXPLAIN_TEST_DATABASE_URL"):
         sys.exit("set EXPLAIN_TEST_DATABASE_URL to a PostgreSQL database (or pass --reuse URL)")
-    figures: dict[str, float] = {}
-    name = None
+    return args
+
+
+@contextmanager
+def trail_database(args: argparse.Namespace, prefix: str) -> Iterator[tuple[str, dict[str, float]]]:
+    """The URL of ``--reuse``, or of a new database loaded with ``--records`` (dropped after unless
+    ``--keep``), and the load's timings (empty when reused)."""
     if args.reuse:
-        url = args.reuse
-    else:
-        name = f"bench_review_{uuid.uuid4().hex[:10]}"
-        admin = create_engine(str(base), isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-        url = make_url(str(base)).set(database=name).render_as_string(hide_password=False)
-        print(f"loading {args.records:,} records into {name}", flush=True)
-        figures = load(url, args.records)
+        yield args.reuse, {}
+        return
+    base = str(os.environ["EXPLAIN_TEST_DATABASE_URL"])
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    admin.dispose()
+    url = make_url(base).set(database=name).render_as_string(hide_password=False)
     try:
-        total, version, results = measure(url)
+        print(f"loading {args.records:,} records into {name}", flush=True)
+        yield url, load(url, args.records)
     finally:
-        if name is not None and not args.keep:
-            admin = create_engine(str(base), isolation_level="AUTOCOMMIT")
+        if args.keep:
+            print(f"kept: {url}")
+        else:
+            admin = create_engine(base, isolation_level="AUTOCOMMIT")
             with admin.connect() as conn:
                 conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             admin.dispose()
-        elif name is not None:
-            print(f"kept: {url}")
+
+
+def main() -> None:
+    args = arguments(__doc__.split("\n\n")[0])
+    with trail_database(args, "bench_review") as (url, figures):
+        total, version, results = measure(url)
     lines = [
         "| list query (TrailIndex, as the pages call it) | p50 (ms) | p95 (ms) | rows | total |",
         "|---|---|---|---|---|",

@@ -16,22 +16,17 @@ Run: ``python bench/bench_review_pages.py --reuse postgresql+psycopg://.../bench
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 import tempfile
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sqlalchemy import create_engine
-from sqlalchemy.engine import make_url
 
 from bench._common import percentile_ms, write_section
-from bench.bench_review_list import RUNS, WARMUP, load, server_version, timed
+from bench.bench_review_list import RUNS, WARMUP, arguments, server_version, timed, trail_database
 from explain_service.app import create_app
 from explain_service.audit.search import Filters
 
@@ -102,37 +97,10 @@ def measure(url: str) -> tuple[int, list[tuple[str, list[float], list[float] | N
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--records", type=int, default=1_000_000)
-    parser.add_argument("--reuse", default=None, help="time an already loaded database (its URL)")
-    parser.add_argument("--keep", action="store_true", help="keep a database loaded here and print its URL")
-    parser.add_argument("--no-write", action="store_true", help="do not update bench/RESULTS.md")
-    args = parser.parse_args()
-    base = os.environ.get("EXPLAIN_TEST_DATABASE_URL")
-    if args.reuse is None and not base:
-        sys.exit("set EXPLAIN_TEST_DATABASE_URL to a PostgreSQL database (or pass --reuse URL)")
-    name = None
-    if args.reuse:
-        url = args.reuse
-    else:
-        name = f"bench_pages_{uuid.uuid4().hex[:10]}"
-        admin = create_engine(str(base), isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-        url = make_url(str(base)).set(database=name).render_as_string(hide_password=False)
-        print(f"loading {args.records:,} records into {name}", flush=True)
-        load(url, args.records)
-    try:
+    args = arguments(__doc__.split("\n\n")[0])
+    with trail_database(args, "bench_pages") as (url, _figures):
         version = server_version(url)
         total, results = measure(url)
-    finally:
-        if name is not None and not args.keep:
-            admin = create_engine(str(base), isolation_level="AUTOCOMMIT")
-            with admin.connect() as conn:
-                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            admin.dispose()
-        elif name is not None:
-            print(f"kept: {url}")
     lines = [
         "| page (whole Flask request, HTML) | p50 (ms) | p95 (ms) | index query alone p50 (ms) | page / query | HTML size |",
         "|---|---|---|---|---|---|",

@@ -6,9 +6,12 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
+from flask import Flask
 from sqlalchemy import create_engine, make_url
 
 from explain_service.app import create_app
@@ -46,6 +49,20 @@ OPEN_ACCESS = {
     "counterfactual_daily_quota": 0,
     "request_deadline_seconds": 0,
 }
+
+
+def open_app(models_dir: Path, database_url: str, plots_dir: Path, **settings: Any) -> Flask:
+    """An app with access open (:data:`OPEN_ACCESS`) whose models load on first use."""
+    return create_app(
+        {
+            "models_dir": str(models_dir),
+            "database_url": database_url,
+            "plots_dir": str(plots_dir),
+            "eager_load": False,
+            **OPEN_ACCESS,
+            **settings,
+        }
+    )
 
 
 @pytest.fixture(scope="session")
@@ -93,12 +110,13 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'var' / 'audit.sqlite3'}"
 
 
-@pytest.fixture
-def postgresql_url() -> Iterator[str]:
-    base = os.environ.get(PG_ENV)
-    if not base:
-        pytest.skip(f"{PG_ENV} is not set")
-    schema = f"audit_test_{uuid.uuid4().hex[:12]}"
+@contextmanager
+def throwaway_pg_schema(base: str, prefix: str) -> Iterator[str]:
+    """A new PostgreSQL schema on ``base`` for the ``with`` block, dropped after; yields its URL.
+
+    The URL sets ``search_path`` to the schema, so tests running side by side never share tables.
+    """
+    schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
     admin = create_engine(base, isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as conn:
@@ -109,6 +127,15 @@ def postgresql_url() -> Iterator[str]:
         with admin.connect() as conn:
             conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
         admin.dispose()
+
+
+@pytest.fixture
+def postgresql_url() -> Iterator[str]:
+    base = os.environ.get(PG_ENV)
+    if not base:
+        pytest.skip(f"{PG_ENV} is not set")
+    with throwaway_pg_schema(base, "audit_test") as url:
+        yield url
 
 
 @pytest.fixture(

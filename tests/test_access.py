@@ -9,6 +9,7 @@ import orjson
 import pytest
 from click.testing import CliRunner
 from flask import Flask
+from flask.testing import FlaskClient
 
 from explain_service.access.commands import is_loopback, prepare_serve
 from explain_service.access.keys import KEY_PREFIX, KeyStore, key_hash
@@ -35,14 +36,19 @@ def secured_app(models_dir: Path, url: str, tmp_path: Path, **settings) -> Flask
     )
 
 
-@pytest.fixture
-def secured(demo_models_dir: Path, tmp_path: Path, url: str):
-    """An app with the defaults (keys required), one key per role, and a second explain key."""
-    app = secured_app(demo_models_dir, url, tmp_path)
+def secured_client(models_dir: Path, url: str, tmp_path: Path) -> tuple[Flask, FlaskClient, dict[str, str]]:
+    """An app with the defaults (keys required), its client, one key per role and a second explain key."""
+    app = secured_app(models_dir, url, tmp_path)
     store = app.extensions["explain_access"].keys
     keys = {role: store.create(f"{role}-key", role) for role in ROLES}
     keys["other"] = store.create("other-explain-key", "explain")
     return app, app.test_client(), keys
+
+
+@pytest.fixture
+def secured(demo_models_dir: Path, tmp_path: Path, url: str):
+    """See :func:`secured_client`."""
+    return secured_client(demo_models_dir, url, tmp_path)
 
 
 def auth(key: str) -> dict[str, str]:

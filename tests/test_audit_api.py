@@ -16,10 +16,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from explain_service.app import create_app
 from explain_service.audit.store import AuditStore, AuditWriteError
 from explain_service.cli import main
-from tests.conftest import GERMAN_ROW, OPEN_ACCESS
+from tests.conftest import GERMAN_ROW, open_app
 from tests.test_audit_store import tamper
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,15 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture
 def audited(demo_models_dir: Path, tmp_path: Path, url: str):
     """An app on the demo models writing to a fresh audit store (SQLite, and PostgreSQL when configured)."""
-    app = create_app(
-        {
-            "models_dir": str(demo_models_dir),
-            "database_url": url,
-            "plots_dir": str(tmp_path / "plots"),
-            "eager_load": False,
-            **OPEN_ACCESS,
-        }
-    )
+    app = open_app(demo_models_dir, url, tmp_path / "plots")
     return app, app.test_client(), url
 
 
@@ -104,30 +95,14 @@ def test_replay_reproduces_the_stored_explanation(audited, registry, name: str, 
 
 
 def test_replay_reports_a_changed_model(audited, models_dir: Path, tmp_path: Path, url: str) -> None:
-    app = create_app(
-        {
-            "models_dir": str(models_dir),
-            "database_url": url,
-            "plots_dir": str(tmp_path / "p"),
-            "eager_load": False,
-            **OPEN_ACCESS,
-        }
-    )
+    app = open_app(models_dir, url, tmp_path / "p")
     client = app.test_client()
     answer = explain(client, "german-credit", {"instances": [GERMAN_ROW]})
     manifest = models_dir / "german-credit" / "1" / "manifest.json"
     data = orjson.loads(manifest.read_bytes())
     data["files"]["extra.txt"] = "0" * 64
     manifest.write_bytes(orjson.dumps(data))
-    fresh = create_app(
-        {
-            "models_dir": str(models_dir),
-            "database_url": url,
-            "plots_dir": str(tmp_path / "p"),
-            "eager_load": False,
-            **OPEN_ACCESS,
-        }
-    )
+    fresh = open_app(models_dir, url, tmp_path / "p")
     report = fresh.test_client().get(f"/v1/explanations/{answer['explanations'][0]['id']}/verify").get_json()
     assert report["identical"] is False and "changed" in report["reason"]
 

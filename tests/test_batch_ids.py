@@ -18,12 +18,11 @@ from explain_service.access.keys import KeyAdminError
 from explain_service.app import create_app
 from explain_service.audit import AuditStore
 from explain_service.batch.audit import AUDIT_CALLER, audit_id
-from explain_service.batch.command import batch
 from explain_service.batch.manifest import AUDIT_KEY_NAME, PartsDir
 from explain_service.cli import main
 from explain_service.registry.demo import german_credit_frame
+from tests.test_batch_faults import run
 
-MODEL = ("--model", "german-credit")
 ID_PATTERN = re.compile(r"b[0-9a-f]{32}")
 BAD_ROW = 4
 
@@ -44,15 +43,6 @@ def csv_input(tmp_path: Path, n: int = 30, seed: int = 12) -> tuple[Path, pd.Dat
     src = tmp_path / "in.csv"
     rows.to_csv(src, index=False)
     return src, rows
-
-
-def run(models: Path, src: Path, out: Path, *args: str) -> tuple[int, str]:
-    """Invoke ``batch`` in process; returns (exit code, stdout + stderr)."""
-    argv = ["--models-dir", str(models), "--progress-every", "0", *MODEL, "--input", str(src)]
-    result = CliRunner().invoke(batch, [*argv, "--output", str(out), *args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.output
 
 
 def records_by_row(url: str) -> dict[int, list]:

@@ -13,7 +13,6 @@ from fairlearn.metrics import demographic_parity_ratio
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine
 
-from explain_service.app import create_app
 from explain_service.audit.chain import StoredRecord
 from explain_service.audit.store import AuditStore
 from explain_service.fairness.groups import group_labels
@@ -27,7 +26,7 @@ from explain_service.fairness.monitor import (
 )
 from explain_service.registry.store import ModelRegistry
 from explain_service.service import rows_as_dicts
-from tests.conftest import OPEN_ACCESS
+from tests.conftest import open_app
 
 TODAY = date(2026, 12, 2)
 EDGES = (0, 25, 40, 60, 200)
@@ -132,16 +131,8 @@ def _gauges(text: str) -> dict[tuple[str, tuple], float]:
 def test_gauges_on_metrics_equal_counts_of_the_served_records(
     demo_models_dir: Path, tmp_path: Path, url: str, threshold: float, alert: float
 ) -> None:
-    app = create_app(
-        {
-            "models_dir": str(demo_models_dir),
-            "database_url": url,
-            "plots_dir": str(tmp_path / "plots"),
-            "eager_load": False,
-            "disparity_min_group": 1,
-            "disparity_threshold": threshold,
-            **OPEN_ACCESS,
-        }
+    app = open_app(
+        demo_models_dir, url, tmp_path / "plots", disparity_min_group=1, disparity_threshold=threshold
     )
     client = app.test_client()
     rows = rows_as_dicts(ModelRegistry(demo_models_dir).get("german-credit").background.iloc[:80])
@@ -219,15 +210,7 @@ def test_audit_reindex_rebuild_restores_the_counts(
     from explain_service.cli import main
     from explain_service.fairness.monitor import disparity_counts
 
-    app = create_app(
-        {
-            "models_dir": str(demo_models_dir),
-            "database_url": sqlite_url,
-            "plots_dir": str(tmp_path / "plots"),
-            "eager_load": False,
-            **OPEN_ACCESS,
-        }
-    )
+    app = open_app(demo_models_dir, sqlite_url, tmp_path / "plots")
     rows = rows_as_dicts(ModelRegistry(demo_models_dir).get("german-credit").background.iloc[:20])
     assert (
         app.test_client().post("/v1/models/german-credit:explain", json={"instances": rows}).status_code

@@ -10,28 +10,19 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from explain_service.app import create_app
 from explain_service.audit.incident_export import export_incidents, verify_incident_export
 from explain_service.audit.incidents import IncidentIndex, commitment
 from explain_service.audit.store import AuditStore
 from explain_service.audit.tally import Tally
 from explain_service.cli import main
-from tests.conftest import GERMAN_ROW, OPEN_ACCESS
+from tests.conftest import GERMAN_ROW, open_app
 
 FEATURES = sorted(GERMAN_ROW)
 
 
 @pytest.fixture
 def served(demo_models_dir: Path, tmp_path: Path, url: str):
-    app = create_app(
-        {
-            "models_dir": str(demo_models_dir),
-            "database_url": url,
-            "plots_dir": str(tmp_path / "plots"),
-            "eager_load": False,
-            **OPEN_ACCESS,
-        }
-    )
+    app = open_app(demo_models_dir, url, tmp_path / "plots")
     client = app.test_client()
     rows = [GERMAN_ROW, {**GERMAN_ROW, "age": 61, "sex": "male"}, {**GERMAN_ROW, "credit_amount": 900}]
     r = client.post("/v1/models/german-credit:explain", json={"instances": rows, "methods": ["shap"]})

@@ -25,13 +25,12 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 from sklearn.linear_model import LogisticRegression
-from sqlalchemy import create_engine
-from sqlalchemy.engine import make_url
 
 from explain_service.access.commands import key_store
 from explain_service.cli import main
 from explain_service.registry.store import register_model
 from tests._gunicorn import TINY_MODEL, LiveServer, register_tiny_model, serve_in
+from tests.conftest import throwaway_pg_schema
 
 PG = os.environ.get("EXPLAIN_TEST_DATABASE_URL")
 REDIS = os.environ.get("EXPLAIN_TEST_REDIS_URL")
@@ -75,17 +74,8 @@ def _post(host: LiveServer, key: str, path: str, body: dict) -> tuple[int, dict]
 def pg_schema_url() -> Iterator[str]:
     """A throwaway PostgreSQL schema shared by the module's two hosts."""
     assert PG is not None
-    schema = f"multihost_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-        url = make_url(PG).update_query_dict({"options": f"-csearch_path={schema}"})
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        admin.dispose()
+    with throwaway_pg_schema(PG, "multihost") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

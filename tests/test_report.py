@@ -13,7 +13,6 @@ from sklearn.calibration import calibration_curve
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, brier_score_loss, roc_auc_score
 
-from explain_service.app import create_app
 from explain_service.audit.aggregates import lime_bucket
 from explain_service.audit.store import AuditStore
 from explain_service.cli import main
@@ -21,28 +20,15 @@ from explain_service.fairness.importance import global_importance
 from explain_service.registry.demo import german_credit_frame
 from explain_service.registry.store import ModelRegistry, register_model
 from explain_service.service import rows_as_dicts
-from tests.conftest import OPEN_ACCESS
+from tests.conftest import open_app
 
 ROWS = 30
-
-
-def make_app(models_dir: Path, url: str, tmp_path: Path, **settings):
-    return create_app(
-        {
-            "models_dir": str(models_dir),
-            "database_url": url,
-            "plots_dir": str(tmp_path / "plots"),
-            "eager_load": False,
-            **OPEN_ACCESS,
-            **settings,
-        }
-    )
 
 
 @pytest.fixture
 def served(demo_models_dir: Path, tmp_path: Path, url: str):
     """Decisions, reviews, an incident, a suspension and a bias audit of german-credit v1."""
-    app = make_app(demo_models_dir, url, tmp_path, disparity_min_group=1)
+    app = open_app(demo_models_dir, url, tmp_path / "plots", disparity_min_group=1)
     client = app.test_client()
     X, y = german_credit_frame()
     rows = rows_as_dicts(ModelRegistry(demo_models_dir).get("german-credit").schema.coerce(X.head(ROWS)))
@@ -200,7 +186,7 @@ def test_change_from_the_previous_version_names_schema_and_importance_shift(
         register_model(
             model, "toy", version, background=frame[columns], models_dir=models, intended_use="tests"
         )
-    client = make_app(models, sqlite_url, tmp_path).test_client()
+    client = open_app(models, sqlite_url, tmp_path / "plots").test_client()
     report = client.get("/v1/models/toy/report").get_json()
     change = report["change"]
     assert report["model"]["version"] == "2" and change["previous_version"] == "1"

@@ -7,7 +7,6 @@ Screenshots go to ``var/artifacts/`` (not committed).
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,48 +14,30 @@ from typing import Any
 
 import pytest
 
-from explain_service.access.keys import KeyStore
 from explain_service.audit.store import AuditStore
 from explain_service.registry.demo import german_credit_frame
 from explain_service.service import rows_as_dicts
-from tests._gunicorn import serve_in
-from tests.test_review_pages_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, images, log_in
+from tests._browser import Site, chromium, images, log_in, new_page, screenshot, served_site
+from tests._gunicorn import LiveServer
 
 pytestmark = pytest.mark.slow
 
 
-class Site:
-    def __init__(self, server: Any, keys: dict[str, str], url: str) -> None:
-        self.server, self.keys, self.url = server, keys, url
+class ReportSite(Site):
+    def __init__(self, server: LiveServer, keys: dict[str, str], database_url: str) -> None:
+        super().__init__(server, keys, database_url)
         self.ids: list[str] = []
-
-    def api(self, method: str, path: str, body: Any = None, role: str = "admin") -> Any:
-        headers = {"Authorization": f"Bearer {self.keys[role]}", "Content-Type": "application/json"}
-        answer = self.server.request(method, path, json.dumps(body).encode() if body else None, headers)
-        assert answer.status < 300, answer.body[:500]
-        return json.loads(answer.body)
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory, demo_models_dir: Path) -> Iterator[Site]:
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is missing (.ci/run installs Debian's chromium)")
+def site(tmp_path_factory: pytest.TempPathFactory, demo_models_dir: Path) -> Iterator[ReportSite]:
     root = tmp_path_factory.mktemp("report-site")
     shutil.copytree(demo_models_dir / "german-credit", root / "models" / "german-credit")
-    (root / "var").mkdir()
-    url = f"sqlite:///{root / 'var' / 'audit.sqlite3'}"
-    store = AuditStore(url)
-    keystore = KeyStore(store)
-    keys = {role: keystore.create(f"{role}-1", role) for role in ("review", "admin")}
-    keystore.close()
-    store.close()
     env = {
-        "EXPLAIN_AUTH": "required",
         "EXPLAIN_DISPARITY_MIN_GROUP": "1",
         "EXPLAIN_DISPARITY_THRESHOLD": "1.01",  # any difference between groups raises the alert
     }
-    with serve_in(root, env=env) as server:
-        s = Site(server, keys, url)
+    with served_site(root, ("review", "admin"), env, ReportSite) as s:
         rows = rows_as_dicts(german_credit_frame()[0].head(40))
         answer = s.api("POST", "/v1/models/german-credit:explain", {"instances": rows, "methods": ["shap"]})
         s.ids = [e["id"] for e in answer["explanations"]]
@@ -69,24 +50,16 @@ def site(tmp_path_factory: pytest.TempPathFactory, demo_models_dir: Path) -> Ite
 
 
 @pytest.fixture(scope="module")
-def browser(site: Site) -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
+def browser(site: ReportSite) -> Iterator[Any]:
+    with chromium() as browser:
+        yield browser
 
 
 @pytest.fixture
-def page(browser: Any, site: Site) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1280, "height": 900}, base_url=site.server.url)
-    tab = context.new_page()
-    tab.dialogs = []
-    tab.on("dialog", lambda d: (tab.dialogs.append(d.message), d.dismiss()))
-    log_in(tab, site, "review")
-    yield tab
-    context.close()
+def page(browser: Any, site: ReportSite) -> Iterator[Any]:
+    with new_page(browser, site.server.url) as tab:
+        log_in(tab, site, "review")
+        yield tab
 
 
 def at(report: Any, path: str) -> Any:
@@ -100,8 +73,7 @@ def test_the_report_page_renders_its_images_load_and_its_figures_equal_the_json(
     assert page.get_by_role("heading", name="Transparency report: german-credit v1").is_visible()
     loaded = images(page)
     assert len(loaded) == 2 and all(complete and width > 0 for _src, complete, width in loaded), loaded
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / "report-model.png"), full_page=True)
+    screenshot(page, "report-model")
     shown = page.eval_on_selector_all(
         "[data-figure]", "all => all.map(e => [e.dataset.figure, JSON.parse(e.dataset.value), e.textContent])"
     )
@@ -146,7 +118,7 @@ def test_an_incident_opened_from_a_record_page_is_a_chain_record(page, site) -> 
     incident = site.api("GET", f"/v1/incidents/{incident_id}", role="review")
     assert [e["id"] for e in incident["explanations"]] == site.ids[1:3]
     assert incident["severity"] == "high" and incident["opened_by"] == "review-1"
-    assert AuditStore(site.url, create=False).verify().ok
+    assert AuditStore(site.database_url, create=False).verify().ok
     page.get_by_role("navigation", name="Main").get_by_role("link", name="Incidents").click()
     page.get_by_role("link", name="Declined <script>alert(1)</script>").click()
     page.wait_for_url(f"**/review/incidents/{incident_id}")

@@ -9,7 +9,6 @@ list, detail, queue and print pages go to ``var/artifacts/`` (not committed).
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -25,16 +24,12 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder
 
-from explain_service.access.keys import KeyStore
-from explain_service.audit.store import AuditStore
 from explain_service.registry.store import register_model
-from tests._gunicorn import ROOT, LiveServer, register_tiny_model, serve_in
+from tests._browser import Site, chromium, images, log_in, new_page, screenshot, served_site
+from tests._gunicorn import ROOT, LiveServer, register_tiny_model
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-ARTIFACTS = ROOT / "var" / "artifacts"
 FEATURE = '<script>alert("feature")</script>'
 CATEGORY = '"><img src=x onerror=alert("category")>'
 REFERENCE = "\"><img src=x onerror=alert('reference')>"
@@ -62,20 +57,12 @@ def register_xss_model(models_dir: Path) -> None:
     )
 
 
-class Site:
+class ReviewSite(Site):
     """The running server, its keys and the records made for the tests."""
 
     def __init__(self, server: LiveServer, keys: dict[str, str], database_url: str) -> None:
-        self.server = server
-        self.keys = keys
-        self.database_url = database_url
+        super().__init__(server, keys, database_url)
         self.ids: dict[str, str] = {}
-
-    def api(self, method: str, path: str, body: Any = None, role: str = "admin") -> Any:
-        headers = {"Authorization": f"Bearer {self.keys[role]}", "Content-Type": "application/json"}
-        answer = self.server.request(method, path, json.dumps(body).encode() if body else None, headers)
-        assert answer.status < 300, answer.body[:500]
-        return json.loads(answer.body)
 
     def explain(
         self, model: str, instances: list[dict[str, Any]], refs: list[str | None], methods: list[str]
@@ -85,22 +72,12 @@ class Site:
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is missing (.ci/run installs Debian's chromium)")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReviewSite]:
     root = tmp_path_factory.mktemp("review-site")
     register_tiny_model(root / "models")
     register_xss_model(root / "models")
-    (root / "var").mkdir()
-    url = f"sqlite:///{root / 'var' / 'audit.sqlite3'}"
-    store = AuditStore(url)
-    keystore = KeyStore(store)
-    keys = {role: keystore.create(f"{role}-1", role) for role in ("explain", "review", "admin")}
-    keystore.close()
-    store.close()
-    env = {"EXPLAIN_AUTH": "required", "EXPLAIN_COUNTERFACTUAL_DAILY_QUOTA": "0"}
-    with serve_in(root, env=env) as server:
-        s = Site(server, keys, url)
+    env = {"EXPLAIN_COUNTERFACTUAL_DAILY_QUOTA": "0"}
+    with served_site(root, ("explain", "review", "admin"), env, ReviewSite) as s:
         ids = s.explain(
             "tiny",
             [{"x1": 1.0, "x2": 0.0}, {"x1": 50.0, "x2": 0.0}, {"x1": -1.0, "x2": 0.5}],
@@ -116,43 +93,19 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
 
 
 @pytest.fixture(scope="module")
-def browser(site: Site) -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
+def browser(site: ReviewSite) -> Iterator[Any]:
+    with chromium() as browser:
+        yield browser
 
 
 @pytest.fixture
-def page(browser: Any, site: Site) -> Iterator[Any]:
-    """A fresh browser context (no cookies) with a 1280 px wide page that records every dialog."""
-    context = browser.new_context(viewport={"width": 1280, "height": 900}, base_url=site.server.url)
-    tab = context.new_page()
-    tab.dialogs = []
-    tab.on("dialog", lambda d: (tab.dialogs.append(d.message), d.dismiss()))
-    yield tab
-    context.close()
-
-
-def log_in(page: Any, site: Site, role: str) -> None:
-    page.goto("/review/login")
-    page.get_by_label("Key").fill(site.keys[role])
-    page.get_by_role("button", name="Sign in").click()
-    page.wait_for_url("**/review/")
+def page(browser: Any, site: ReviewSite) -> Iterator[Any]:
+    with new_page(browser, site.server.url) as tab:
+        yield tab
 
 
 def shot(page: Any, name: str) -> None:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"review-{name}.png"), full_page=True)
-
-
-def images(page: Any) -> list[list[Any]]:
-    page.wait_for_load_state("load")
-    return page.eval_on_selector_all(
-        "img", "all => all.map(i => [i.getAttribute('src'), i.complete, i.naturalWidth])"
-    )
+    screenshot(page, f"review-{name}")
 
 
 def record_links(page: Any) -> list[str]:

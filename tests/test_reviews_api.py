@@ -9,18 +9,12 @@ import pytest
 from explain_service.audit.store import AuditStore
 from explain_service.registry.store import ModelRegistry
 from tests.conftest import GERMAN_ROW
-from tests.test_access import auth, secured_app
-
-ROLES = ("explain", "review", "admin")
+from tests.test_access import auth, secured_client
 
 
 @pytest.fixture
 def secured(demo_models_dir: Path, tmp_path: Path, url: str):
-    app = secured_app(demo_models_dir, url, tmp_path)
-    store = app.extensions["explain_access"].keys
-    keys = {role: store.create(f"{role}-key", role) for role in ROLES}
-    keys["other"] = store.create("other-explain-key", "explain")
-    return app, app.test_client(), keys
+    return secured_client(demo_models_dir, url, tmp_path)
 
 
 def explain(client, key: str, rows=None, references=None) -> list[dict]:

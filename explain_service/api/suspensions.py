@@ -47,34 +47,38 @@ def suspension_state(name: str, version: str) -> dict[str, Any] | None:
     return None if found is None else found.to_dict()
 
 
-def _registered(name: str, version: str | None) -> None:
+def change_suspension(action: str, name: str, version: str | None, reason: str) -> dict[str, Any]:
+    """Suspend (``action="suspend"``) or resume ``name`` or its ``version``; the suspension as a dict.
+
+    The one path for the JSON routes and the review pages' form, so both answer alike: 404 for a model
+    or version that is not registered, 422 for a bad reason, 409 for a suspension already in that
+    state, 503 when the audit record cannot be written.
+    """
     versions = current_app.extensions["explain"].registry.versions(name)
     if not versions or (version is not None and version not in versions):
         raise ModelNotFound(name, version)
+    try:
+        if action == "suspend":
+            found = _suspensions().suspend(name, version, reason, by=caller_name())
+        else:
+            found = _suspensions().resume(name, version, by=caller_name(), reason=reason)
+    except SuspensionNotRecorded as exc:
+        raise AuditUnavailable(str(exc)) from None
+    except SuspensionError as exc:
+        if action == "suspend" and "reason" in str(exc):
+            raise ValidationFailed({"reason": [str(exc)]}) from None
+        raise Conflict(str(exc)) from None
+    return found.to_dict()
 
 
 def _suspend(body: dict[str, Any], name: str, version: str | None) -> Any:
-    _registered(name, version)
-    try:
-        found = _suspensions().suspend(name, version, body["reason"], by=caller_name())
-    except SuspensionNotRecorded as exc:
-        raise AuditUnavailable(str(exc)) from None
-    except SuspensionError as exc:
-        if "reason" in str(exc):
-            raise ValidationFailed({"reason": [str(exc)]}) from None
-        raise Conflict(str(exc)) from None
-    return json_response({"suspended": True, "suspension": found.to_dict()})
+    found = change_suspension("suspend", name, version, body["reason"])
+    return json_response({"suspended": True, "suspension": found})
 
 
 def _resume(body: dict[str, Any], name: str, version: str | None) -> Any:
-    _registered(name, version)
-    try:
-        lifted = _suspensions().resume(name, version, by=caller_name(), reason=body.get("reason") or "")
-    except SuspensionNotRecorded as exc:
-        raise AuditUnavailable(str(exc)) from None
-    except SuspensionError as exc:
-        raise Conflict(str(exc)) from None
-    return json_response({"suspended": False, "suspension": lifted.to_dict()})
+    lifted = change_suspension("resume", name, version, body.get("reason") or "")
+    return json_response({"suspended": False, "suspension": lifted})
 
 
 @blp.route("/<name>:suspend")

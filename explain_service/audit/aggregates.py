@@ -40,9 +40,9 @@ from sqlalchemy import (
     insert,
     select,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 
 from explain_service.audit.chain import StoredRecord, utc_text
+from explain_service.audit.tally import add_counts
 from explain_service.metrics import BUDGET_REASON
 from explain_service.quality import additivity_exceeded
 
@@ -121,20 +121,15 @@ class QualityCounts:
             return
         keys = ("model_name", "model_version", "metric", "bucket")
         rows = [dict(zip(keys, key, strict=True)) | {"n": n, "vmax": v} for key, (n, v) in totals.items()]
-        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-        statement = dialect.insert(quality_counts)
-        vmax, new = quality_counts.c.vmax, statement.excluded.vmax
-        statement = statement.on_conflict_do_update(
-            index_elements=list(keys),
-            set_={
-                "n": quality_counts.c.n + statement.excluded.n,
-                # NULLs lose: max(stored, new) where both are known, else whichever is
-                "vmax": func.coalesce(func.max(vmax, new), vmax, new)
-                if conn.dialect.name == "sqlite"
-                else func.greatest(vmax, new),
-            },
-        )
-        conn.execute(statement, rows)
+        vmax = quality_counts.c.vmax
+
+        def larger(new: Any) -> Any:
+            # NULLs lose: max(stored, new) where both are known, else whichever is
+            if conn.dialect.name == "sqlite":
+                return func.coalesce(func.max(vmax, new.vmax), vmax, new.vmax)
+            return func.greatest(vmax, new.vmax)
+
+        add_counts(conn, quality_counts, rows, ["n"], {"vmax": larger})
 
 
 class RecordKinds:

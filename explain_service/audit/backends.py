@@ -44,8 +44,9 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from sqlalchemy import Connection, Engine, create_engine, event, func, select, text
+from sqlalchemy import Connection, Engine, MetaData, create_engine, event, func, inspect, select, text
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import PoolProxiedConnection
 
 from explain_service.audit.chain import RawRecord, utc_text
@@ -63,6 +64,17 @@ PG_WRITABLE = (
 )
 MIN_FREE_BYTES = 8 * 1024 * 1024  # below this, a SQLite store reports itself not writable
 _SQLITE_INSERT = f"INSERT INTO audit_records ({', '.join(NAMES)}) VALUES ({', '.join('?' * len(NAMES))})"
+
+
+def create_tables(engine: Engine, metadata: MetaData) -> None:
+    """Create the tables of ``metadata`` that are missing; another process creating them first is fine."""
+    try:
+        metadata.create_all(engine, checkfirst=True)
+    except SQLAlchemyError:
+        # Workers starting together on a new database: another one may have won the race.
+        present = inspect(engine)
+        if not all(present.has_table(table.name) for table in metadata.sorted_tables):
+            raise
 
 
 def sqlite_engine(url: URL, timeout: float, durability: Durability) -> Engine:

@@ -41,10 +41,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Column, Engine, MetaData, String, Table, Text, delete, insert, inspect, select, update
+from sqlalchemy import Column, Engine, MetaData, String, Table, Text, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from explain_service.audit.backends import postgresql_engine, sqlite_engine
+from explain_service.audit.backends import create_tables, postgresql_engine, sqlite_engine
 from explain_service.audit.chain import AuditEntry, utc_text
 from explain_service.audit.errors import AuditUnavailableError, AuditWriteError, driver_reason
 from explain_service.audit.store import AuditStore
@@ -215,12 +215,7 @@ class Suspensions:
             with self._lock:
                 if not self._ready:
                     self.store.head()  # the audit store makes its directory and schema first, or refuses
-                    try:
-                        metadata.create_all(self._engine)
-                    except SQLAlchemyError:
-                        # Workers starting together on a new database: another one may have won.
-                        if not inspect(self._engine).has_table(suspensions.name):
-                            raise
+                    create_tables(self._engine, metadata)
                     self._ready = True
         return self._engine
 

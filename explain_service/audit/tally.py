@@ -22,9 +22,9 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy import (
     BigInteger,
@@ -41,6 +41,7 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
 from explain_service.audit.backends import _IMMEDIATE, postgresql_engine, sqlite_engine
@@ -73,6 +74,24 @@ class Projection(Protocol):
 
     def apply(self, conn: Connection, batch: Sequence[StoredRecord]) -> None:
         """Fold ``batch`` (consecutive records, in ``seq`` order) into the tables, on ``conn``."""
+
+
+def add_counts(
+    conn: Connection,
+    table: Table,
+    rows: list[dict[str, Any]],
+    counts: Sequence[str],
+    merge: dict[str, Callable[[Any], Any]] | None = None,
+) -> None:
+    """Insert ``rows`` into ``table``; where a row's primary key is already there, add its ``counts``
+    columns to the stored ones and set each ``merge`` column to ``merge[column](excluded)`` (one upsert)."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(table)
+    new = statement.excluded
+    set_ = {name: table.c[name] + new[name] for name in counts}
+    set_ |= {name: combine(new) for name, combine in (merge or {}).items()}
+    keys = [column.name for column in table.primary_key.columns]
+    conn.execute(statement.on_conflict_do_update(index_elements=keys, set_=set_), rows)
 
 
 class Tally:

@@ -34,9 +34,9 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import BigInteger, Column, Connection, MetaData, String, Table, func, select
-from sqlalchemy.dialects import postgresql, sqlite
 
 from explain_service.audit.chain import StoredRecord
+from explain_service.audit.tally import add_counts
 from explain_service.fairness.groups import group_labels
 
 metadata = MetaData()
@@ -142,16 +142,7 @@ class DisparityCounts:
             | {"decisions": n, "favourable": f}
             for key, (n, f) in totals.items()
         ]
-        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-        statement = dialect.insert(disparity_counts)
-        statement = statement.on_conflict_do_update(
-            index_elements=[c.name for c in disparity_counts.primary_key.columns],
-            set_={
-                "decisions": disparity_counts.c.decisions + statement.excluded.decisions,
-                "favourable": disparity_counts.c.favourable + statement.excluded.favourable,
-            },
-        )
-        conn.execute(statement, rows)
+        add_counts(conn, disparity_counts, rows, ["decisions", "favourable"])
 
 
 def _where(name: str, version: str, start: date | None = None, end: date | None = None) -> list[Any]:

@@ -13,10 +13,10 @@ from typing import Any
 from flask import Response, current_app, redirect, request, url_for
 from werkzeug.wrappers import Response as BaseResponse
 
-from explain_service.access import caller_name, current_principal
+from explain_service.access import current_principal
 from explain_service.api.explanations import replay_report
-from explain_service.audit.suspensions import SuspensionError, SuspensionNotRecorded
-from explain_service.errors import AuditUnavailable, BadRequest, Conflict, ModelNotFound, ValidationFailed
+from explain_service.api.suspensions import change_suspension
+from explain_service.errors import BadRequest, ValidationFailed
 from explain_service.review.blueprint import blp
 from explain_service.review.pages import render_detail
 from explain_service.review.record_view import record_view
@@ -65,25 +65,11 @@ def verify(record_id: str) -> Response:
 @blp.route("/models/<name>/suspension", methods=["POST"])
 def suspend(name: str) -> BaseResponse:
     """Suspend or resume a model version or a whole model (admin), then go back to the record shown."""
-    services = current_app.extensions["explain"]
     form = {k: request.form.get(k, "").strip() for k in ("action", "scope", "version", "reason", "record")}
     if form["action"] not in ("suspend", "resume") or form["scope"] not in ("model", "version"):
         raise BadRequest("The form must say suspend or resume, and a version or the whole model")
     version = form["version"] if form["scope"] == "version" else None
-    versions = services.registry.versions(name)
-    if not versions or (version is not None and version not in versions):
-        raise ModelNotFound(name, version)
-    try:
-        if form["action"] == "suspend":
-            services.suspensions.suspend(name, version, form["reason"], by=caller_name())
-        else:
-            services.suspensions.resume(name, version, by=caller_name(), reason=form["reason"])
-    except SuspensionNotRecorded as exc:
-        raise AuditUnavailable(str(exc)) from None
-    except SuspensionError as exc:
-        if "reason" in str(exc):
-            raise ValidationFailed({"reason": [str(exc)]}) from None
-        raise Conflict(str(exc)) from None
+    change_suspension(form["action"], name, version, form["reason"])
     if form["record"]:
         return redirect(
             url_for("review.explanation", record_id=form["record"], _anchor="model-state"), code=303

@@ -18,12 +18,12 @@ import secrets
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import Column, Engine, MetaData, String, Table, create_engine, inspect, select
+from sqlalchemy import Column, Engine, MetaData, String, Table, create_engine, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
 
+from explain_service.audit.backends import create_tables
 from explain_service.audit.chain import utc_text
 
 MIN_LENGTH = 32
@@ -66,12 +66,7 @@ def session_secret(configured: str, database_url: str) -> str:
 
 def stored_secret(engine: Engine, name: str) -> str:
     """The secret ``name`` from ``engine``'s database, written first by whichever process came first."""
-    try:
-        metadata.create_all(engine, checkfirst=True)
-    except SQLAlchemyError:
-        # Workers starting together on a new database: another one may have created the table.
-        if not inspect(engine).has_table(service_secrets.name):
-            raise
+    create_tables(engine, metadata)
     dialect = engine.dialect.name
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
     row = {"name": name, "value": secrets.token_urlsafe(48), "created_at": utc_text(datetime.now(UTC))}
