@@ -378,3 +378,17 @@ def test_pages_answer_503_when_the_secret_cannot_be_read(
     r = client.get("/review/login", headers=HTML)
     assert r.status_code == 503 and r.mimetype == "text/html"  # a 5xx page shows only its summary
     assert client.get("/healthz").status_code == 200
+
+
+def test_a_browser_without_a_session_is_asked_to_sign_in_in_words(site) -> None:
+    """A person opening the pages is told to sign in, not that a route needs an Authorization header."""
+    client = site["app"].test_client()
+    for path in ("/review/", "/review/queue", f"/review/explanations/{site['ids']['german-credit'][0]}"):
+        r = client.get(path, headers=HTML)
+        text = r.get_data(as_text=True)
+        assert r.status_code == 401 and 'href="/review/login"' in text, path
+        assert "Authorization" not in text and "You are not signed in" in text, path
+    bad = client.get("/review/", headers={**HTML, "Authorization": "Bearer xsk_" + "A" * 43})
+    assert bad.status_code == 401 and "You are not signed in" not in bad.get_data(as_text=True)
+    r = client.get("/review/", headers={"Accept": "application/json"})
+    assert "Authorization" in r.get_json()["message"], "scripts keep the API's message"

@@ -34,6 +34,9 @@ def error_page(
     errors: dict[str, list[str]] | None = None,
 ) -> Response:
     """The HTML error page."""
+    if status == 401 and "Authorization" not in request.headers:
+        # A person in a browser, not a script: the guard's message speaks of headers they never send.
+        message = "You are not signed in, or your session has ended."
     html = render_template(
         "review/error.html",
         status=status,
