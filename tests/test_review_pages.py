@@ -392,3 +392,15 @@ def test_a_browser_without_a_session_is_asked_to_sign_in_in_words(site) -> None:
     assert bad.status_code == 401 and "You are not signed in" not in bad.get_data(as_text=True)
     r = client.get("/review/", headers={"Accept": "application/json"})
     assert "Authorization" in r.get_json()["message"], "scripts keep the API's message"
+
+
+def test_pages_name_an_icon_anyone_may_fetch(site) -> None:
+    """Without a declared icon every page made the browser ask /favicon.ico: a 401 in its console each time."""
+    client = site["app"].test_client()
+    login = client.get("/review/login").get_data(as_text=True)
+    icon = re.search(r'<link rel="icon" href="([^"]+)"', login)
+    assert icon is not None
+    r = client.get(icon.group(1))
+    assert r.status_code == 200 and r.mimetype == "image/svg+xml"
+    log_in(client, site["keys"]["review"])
+    assert icon.group(0) in client.get("/review/queue", headers=HTML).get_data(as_text=True)
