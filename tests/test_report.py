@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import re
 from pathlib import Path
 
 import numpy as np
@@ -244,3 +245,31 @@ def test_the_report_page_says_in_words_what_the_importance_units_are(
 
         document = render_report_document(report_for(app.extensions["explain"], name))
     assert words in html.unescape(document)
+
+
+def test_the_report_command_says_what_it_is_doing(demo_models_dir: Path, tmp_path: Path) -> None:
+    """A report takes seconds (a PDF the longest): each step is a timestamped line on stderr."""
+    out = tmp_path / "r.html"
+    result = CliRunner().invoke(
+        main,
+        [
+            "report",
+            "--model",
+            "german-credit",
+            "--models-dir",
+            str(demo_models_dir),
+            "--database-url",
+            f"sqlite:///{tmp_path / 'a.sqlite3'}",
+            "--output",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    steps = result.stderr.splitlines()
+    assert [line.split(" report: ")[1] for line in steps] == [
+        "loading german-credit and the audit database",
+        "reading the audit figures and computing global importance over the background",
+        "drawing the images and writing the HTML file",
+    ]
+    assert all(re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ report: ", line) for line in steps)
+    assert result.stdout.startswith(f"report of german-credit v1 written to {out} (")
