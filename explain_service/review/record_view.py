@@ -220,7 +220,20 @@ class RecordView:
             ("Recorded at", words.when(r.created_at)),
             ("Caller (key name)", r.caller or "none (access control off)"),
             ("Reference", self.reference),
+            *self._batch_rows(),
             ("Record id", r.id),
+        ]
+
+    def _batch_rows(self) -> list[tuple[str, Any]]:
+        """A batch row's job, input row and the caller's ids (``batch --audit --id-columns``)."""
+        batch = self.body.get("batch")
+        if not isinstance(batch, dict):
+            return []
+        ids = ", ".join(f"{k} {v}" for k, v in (batch.get("ids") or {}).items())
+        return [
+            ("Batch job", batch.get("job")),
+            ("Input row (from 0)", batch.get("row")),
+            ("Batch ids", ids or None),
         ]
 
 
