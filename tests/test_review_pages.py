@@ -6,6 +6,7 @@ The browser-level checks (images load, no script runs, screenshots) are in
 
 from __future__ import annotations
 
+import html
 import re
 from datetime import UTC, timedelta
 from pathlib import Path
@@ -404,3 +405,33 @@ def test_pages_name_an_icon_anyone_may_fetch(site) -> None:
     assert r.status_code == 200 and r.mimetype == "image/svg+xml"
     log_in(client, site["keys"]["review"])
     assert icon.group(0) in client.get("/review/queue", headers=HTML).get_data(as_text=True)
+
+
+def test_a_regression_records_page_speaks_of_the_predicted_value_not_of_a_class(
+    site, demo_models_dir
+) -> None:
+    """A regressor has no target class: the tables said "towards 'None'"."""
+    from explain_service.registry.store import ModelRegistry
+    from explain_service.service import rows_as_dicts
+
+    client = site["app"].test_client()
+    bearer = {"Authorization": f"Bearer {site['keys']['review']}"}
+    row = rows_as_dicts(ModelRegistry(demo_models_dir).get("diabetes-gbr").background.iloc[:1])
+    r = client.post(
+        "/v1/models/diabetes-gbr:explain",
+        json={"instances": row, "methods": ["shap", "lime"]},
+        headers=bearer,
+    )
+    assert r.status_code == 200, r.get_json()
+    explanation = r.get_json()["explanations"][0]
+    page = client.get(f"/review/explanations/{explanation['id']}", headers={**HTML, **bearer})
+    text = html.unescape(page.get_data(as_text=True))
+    assert page.status_code == 200 and "None" not in text
+    assert "Contributions towards the predicted value, strongest first" in text
+    assert "LIME: positive bars pushed towards the predicted value." in text
+    raised = sum(1 for v in explanation["shap"]["values"].values() if v > 0)
+    lowered = sum(1 for v in explanation["shap"]["values"].values() if v < 0)
+    assert (text.count("raised the predicted value"), text.count("lowered the predicted value")) == (
+        raised,
+        lowered,
+    )

@@ -108,7 +108,7 @@ class RecordView:
                 "feature": name,
                 "value": instance.get(name),
                 "contribution": words.signed(v),
-                "towards": "towards" if v > 0 else "away from" if v < 0 else "no effect on",
+                "effect": words.effect(v, shap.get("target")),
             }
             for name, v in sorted(values.items(), key=lambda kv: -abs(float(kv[1])))
         ]
@@ -118,6 +118,7 @@ class RecordView:
         return {
             "rows": rows,
             "target": shap.get("target"),
+            "aim": words.aim(shap.get("target")),
             "space": space,
             "plain": line,
             "base": words.number(base),
@@ -143,6 +144,7 @@ class RecordView:
         return {
             "rows": rows,
             "target": lime.get("target"),
+            "aim": words.aim(lime.get("target")),
             "score": words.number(lime.get("score"), 3),
             "fit": words.lime_fit(lime.get("score")),
             "samples": lime.get("num_samples"),
