@@ -72,6 +72,9 @@ class ServiceError(Exception):
     summary: ClassVar[str] = "Internal error."
     # A 5xx class whose message and errors are built only from safe, structured values may publish them.
     detail_is_public: ClassVar[bool] = False
+    # A 5xx that is someone's decision (an admin's suspension), not a fault: the answer says it all, so
+    # it points to no log and is logged as information, not as an error.
+    is_fault: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -256,11 +259,13 @@ class ModelSuspended(Unavailable):
     """An admin suspended the model (``scope`` "model") or this version; the reason is theirs to publish."""
 
     detail_is_public = True
+    is_fault = False
 
     def __init__(self, name: str, version: str, scope: str, reason: str) -> None:
         what = f"model {name!r}" if scope == "model" else f"model {name!r} version {version!r}"
+        end = "" if reason.endswith((".", "!", "?")) else "."
         super().__init__(
-            f"model_suspended: {what} is suspended: {reason}",
+            f"model_suspended: {what} is suspended: {reason}{end}",
             {"model": [f"model_suspended: {reason}"]},
         )
         self.name = name

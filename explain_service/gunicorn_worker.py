@@ -45,8 +45,6 @@ from gunicorn.http.wsgi import Response, default_environ
 from gunicorn.workers.gthread import TConn, ThreadWorker
 from gunicorn.workers.sync import SyncWorker
 
-from explain_service.errors import status_phrase
-
 # First match wins: subclasses before their bases.
 _REFUSALS: tuple[tuple[type[BaseException], int, str], ...] = (
     (http_errors.InvalidResponseHeader, 500, "Internal error; it has been logged."),
@@ -65,9 +63,9 @@ _DETAIL_CHARS = 200
 
 def error_response(status: int, message: str) -> bytes:
     """A complete HTTP/1.1 response carrying the JSON error shape; the connection closes after it."""
-    body = orjson.dumps({"code": status, "status": status_phrase(status), "message": message})
+    body = orjson.dumps({"code": status, "status": _phrase(status), "message": message})
     head = (
-        f"HTTP/1.1 {status} {status_phrase(status)}\r\n"
+        f"HTTP/1.1 {status} {_phrase(status)}\r\n"
         "Connection: close\r\n"
         "Content-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
@@ -135,7 +133,7 @@ class _JsonErrors:
             environ = default_environ(req, client, self.cfg)
             environ["REMOTE_ADDR"], environ["REMOTE_PORT"] = addr[0], str(addr[1])
             resp = Response(req, client, self.cfg)
-            resp.status = f"{status} {status_phrase(status)}"
+            resp.status = f"{status} {_phrase(status)}"
             resp.response_length = len(data)
             self.log.access(resp, req, environ, datetime.now() - started)
         try:
@@ -233,3 +231,11 @@ class JsonErrorThreadWorker(_JsonErrors, ThreadWorker):
         finally:
             if isinstance(conn.sock, _DeadlineSocket):
                 conn.sock.deadline = None
+
+
+def _phrase(status: int) -> str:
+    """The status's reason phrase, imported in the worker: the arbiter loads this module (the worker
+    class), and whatever it imports would stay the arbiter's old code in every worker after a SIGHUP."""
+    from explain_service.errors import status_phrase
+
+    return status_phrase(status)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import itertools
 import re
 import stat
@@ -291,3 +292,36 @@ def test_batch_records_are_read_over_http_by_audit_id_with_a_review_key(
     assert stored["id"] == record_id and stored["shap"]["values"]["age"] == out["shap.age"].iloc[1]
     hidden = client.get(f"/v1/explanations/{record_id}", headers={"Authorization": f"Bearer {explain}"})
     assert hidden.status_code == 404
+
+
+def test_a_batch_records_job_row_and_ids_are_shown_to_reviewers(
+    demo_models_dir: Path, tmp_path: Path
+) -> None:
+    """The README sends readers of an ``audit_id`` to GET /v1/explanations/{id}: it names the caller's ids."""
+    from tests.conftest import OPEN_ACCESS
+
+    src, rows = csv_input(tmp_path, n=6)
+    url = f"sqlite:///{tmp_path}/audit.sqlite3"
+    out = tmp_path / "a.parquet"
+    code, output = run(
+        demo_models_dir, src, out, "--audit", "--database-url", url, "--id-columns", "customer,branch"
+    )
+    assert code == 0, output
+    app = create_app(
+        {"models_dir": str(demo_models_dir), "database_url": url, "eager_load": False, **OPEN_ACCESS}
+    )
+    client = app.test_client()
+    record_id = pd.read_parquet(out)["audit_id"].iloc[0]
+    with AuditStore(url) as store:
+        stored = store.get(record_id)
+    assert stored is not None
+    answer = client.get(f"/v1/explanations/{record_id}").get_json()
+    assert answer["audit"]["batch"] == stored.body["batch"]
+    assert answer["audit"]["batch"]["ids"] == {"customer": rows["customer"][0], "branch": rows["branch"][0]}
+    page = client.get(f"/review/explanations/{record_id}", headers={"Accept": "text/html"}).get_data(
+        as_text=True
+    )
+    assert (
+        f"branch br-0, customer {rows['customer'][0]}" in html.unescape(page)
+        and stored.body["batch"]["job"] in page
+    )

@@ -231,3 +231,40 @@ def test_audit_reindex_rebuild_restores_the_counts(
     with tally.connect() as conn:
         assert disparity(conn, "german-credit", "1")["by_feature"] == before
     assert sum(g["decisions"] for g in before["sex"]["groups"].values()) == 20
+
+
+def test_gauges_under_gunicorns_multiprocess_metrics_are_one_family_each(
+    demo_models_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With PROMETHEUS_MULTIPROC_DIR (as under gunicorn) each disparity family is exposed once, unlabelled by pid.
+
+    A metric family named twice (a second HELP/TYPE line) makes Prometheus refuse the whole scrape.
+    """
+    from prometheus_client import values
+
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    monkeypatch.setattr(values, "ValueClass", values.MultiProcessValue())
+    app = create_app(
+        {
+            "models_dir": str(demo_models_dir),
+            "database_url": f"sqlite:///{tmp_path / 'audit.sqlite3'}",
+            "plots_dir": str(tmp_path / "plots"),
+            "eager_load": False,
+            "disparity_min_group": 1,
+            **OPEN_ACCESS,
+        }
+    )
+    client = app.test_client()
+    rows = rows_as_dicts(ModelRegistry(demo_models_dir).get("german-credit").background.iloc[:40])
+    assert client.post("/v1/models/german-credit:explain", json={"instances": rows}).status_code == 200
+    for _ in range(2):  # a second scrape reads what the first one may have left behind
+        text = client.get("/metrics").get_data(as_text=True)
+    for name in ("ratio", "alert", "selection_rate", "decisions"):
+        assert text.count(f"# TYPE explain_disparity_{name} gauge") == 1, name
+    samples = [
+        s
+        for f in text_string_to_metric_families(text)
+        if f.name.startswith("explain_disparity")
+        for s in f.samples
+    ]
+    assert samples and all("pid" not in s.labels for s in samples)

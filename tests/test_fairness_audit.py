@@ -238,6 +238,8 @@ def test_cli_writes_json_and_html_and_stores_a_verifiable_record(
     assert set(audit["by_feature"]) == {"sex", "age", "sex & age"}
     page = html.read_text()
     assert audit["id"] in page and "data:image/png;base64," in page and "[25, 40)" in page
+    # The chart's dashed line and orange bars are said in words beside it.
+    assert "the dashed line is four fifths of the highest rate" in page
     with AuditStore(db) as store:
         record = store.require(audit["id"])
         assert record.body["kind"] == "fairness" and record.caller == "cli"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+import re
 from pathlib import Path
 
 import numpy as np
@@ -205,3 +207,55 @@ def test_change_from_the_previous_version_names_schema_and_importance_shift(
     assert first["change"] is None and first["model"]["version"] == "1"
     assert client.get("/v1/models/nope/report").status_code == 404
     assert client.get("/v1/models/toy/report?version=9").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("name", "words"),
+    [
+        ("german-credit", "the logarithm of the odds of 'good'"),
+        ("breast-cancer-forest", "Contributions are in probability"),
+        ("diabetes-gbr", "the model's own output units"),
+    ],
+)
+def test_the_report_page_says_in_words_what_the_importance_units_are(
+    demo_models_dir: Path, tmp_path: Path, name: str, words: str
+) -> None:
+    """The bars and beeswarm are drawn in the model's SHAP units (log-odds for german-credit): say them."""
+    app = make_app(demo_models_dir, f"sqlite:///{tmp_path / 'a.sqlite3'}", tmp_path)
+    page = app.test_client().get(f"/review/models/{name}", headers={"Accept": "text/html"})
+    assert page.status_code == 200
+    assert words in html.unescape(page.get_data(as_text=True))
+    with app.test_request_context():
+        from explain_service.fairness.reporting import report_for
+        from explain_service.review.report_pages import render_report_document
+
+        document = render_report_document(report_for(app.extensions["explain"], name))
+    assert words in html.unescape(document)
+
+
+def test_the_report_command_says_what_it_is_doing(demo_models_dir: Path, tmp_path: Path) -> None:
+    """A report takes seconds (a PDF the longest): each step is a timestamped line on stderr."""
+    out = tmp_path / "r.html"
+    result = CliRunner().invoke(
+        main,
+        [
+            "report",
+            "--model",
+            "german-credit",
+            "--models-dir",
+            str(demo_models_dir),
+            "--database-url",
+            f"sqlite:///{tmp_path / 'a.sqlite3'}",
+            "--output",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    steps = result.stderr.splitlines()
+    assert [line.split(" report: ")[1] for line in steps] == [
+        "loading german-credit and the audit database",
+        "reading the audit figures and computing global importance over the background",
+        "drawing the images and writing the HTML file",
+    ]
+    assert all(re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ report: ", line) for line in steps)
+    assert result.stdout.startswith(f"report of german-credit v1 written to {out} (")

@@ -6,6 +6,7 @@ The browser-level checks (images load, no script runs, screenshots) are in
 
 from __future__ import annotations
 
+import html
 import re
 from datetime import UTC, timedelta
 from pathlib import Path
@@ -378,3 +379,59 @@ def test_pages_answer_503_when_the_secret_cannot_be_read(
     r = client.get("/review/login", headers=HTML)
     assert r.status_code == 503 and r.mimetype == "text/html"  # a 5xx page shows only its summary
     assert client.get("/healthz").status_code == 200
+
+
+def test_a_browser_without_a_session_is_asked_to_sign_in_in_words(site) -> None:
+    """A person opening the pages is told to sign in, not that a route needs an Authorization header."""
+    client = site["app"].test_client()
+    for path in ("/review/", "/review/queue", f"/review/explanations/{site['ids']['german-credit'][0]}"):
+        r = client.get(path, headers=HTML)
+        text = r.get_data(as_text=True)
+        assert r.status_code == 401 and 'href="/review/login"' in text, path
+        assert "Authorization" not in text and "You are not signed in" in text, path
+    bad = client.get("/review/", headers={**HTML, "Authorization": "Bearer xsk_" + "A" * 43})
+    assert bad.status_code == 401 and "You are not signed in" not in bad.get_data(as_text=True)
+    r = client.get("/review/", headers={"Accept": "application/json"})
+    assert "Authorization" in r.get_json()["message"], "scripts keep the API's message"
+
+
+def test_pages_name_an_icon_anyone_may_fetch(site) -> None:
+    """Without a declared icon every page made the browser ask /favicon.ico: a 401 in its console each time."""
+    client = site["app"].test_client()
+    login = client.get("/review/login").get_data(as_text=True)
+    icon = re.search(r'<link rel="icon" href="([^"]+)"', login)
+    assert icon is not None
+    r = client.get(icon.group(1))
+    assert r.status_code == 200 and r.mimetype == "image/svg+xml"
+    log_in(client, site["keys"]["review"])
+    assert icon.group(0) in client.get("/review/queue", headers=HTML).get_data(as_text=True)
+
+
+def test_a_regression_records_page_speaks_of_the_predicted_value_not_of_a_class(
+    site, demo_models_dir
+) -> None:
+    """A regressor has no target class: the tables said "towards 'None'"."""
+    from explain_service.registry.store import ModelRegistry
+    from explain_service.service import rows_as_dicts
+
+    client = site["app"].test_client()
+    bearer = {"Authorization": f"Bearer {site['keys']['review']}"}
+    row = rows_as_dicts(ModelRegistry(demo_models_dir).get("diabetes-gbr").background.iloc[:1])
+    r = client.post(
+        "/v1/models/diabetes-gbr:explain",
+        json={"instances": row, "methods": ["shap", "lime"]},
+        headers=bearer,
+    )
+    assert r.status_code == 200, r.get_json()
+    explanation = r.get_json()["explanations"][0]
+    page = client.get(f"/review/explanations/{explanation['id']}", headers={**HTML, **bearer})
+    text = html.unescape(page.get_data(as_text=True))
+    assert page.status_code == 200 and "None" not in text
+    assert "Contributions towards the predicted value, strongest first" in text
+    assert "LIME: positive bars pushed towards the predicted value." in text
+    raised = sum(1 for v in explanation["shap"]["values"].values() if v > 0)
+    lowered = sum(1 for v in explanation["shap"]["values"].values() if v < 0)
+    assert (text.count("raised the predicted value"), text.count("lowered the predicted value")) == (
+        raised,
+        lowered,
+    )

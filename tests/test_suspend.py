@@ -122,3 +122,20 @@ def test_the_cli_suspends_a_running_service_within_the_cache_time(
     with AuditStore(url) as store:
         assert Suspensions(store).of_model(MODEL) == []
         assert store.verify().ok
+
+
+def test_a_suspended_models_answer_is_a_sentence_not_a_failure_report(secured, caplog) -> None:
+    """The refusal is the admin's decision, not a fault: no pointer to the log, no ERROR line per call."""
+    _app, client, keys = secured
+    client.post(
+        f"/v1/models/{MODEL}:suspend", json={"reason": "drift in income data"}, headers=auth(keys["admin"])
+    )
+    caplog.clear()
+    r = predict(client, keys["explain"])
+    message = r.get_json()["message"]
+    assert r.status_code == 503
+    assert message == (
+        f"model_suspended: model 'german-credit' is suspended: drift in income data. "
+        f"Request id {r.headers['X-Request-ID']}."
+    )
+    assert not [x for x in caplog.records if x.levelname == "ERROR"]

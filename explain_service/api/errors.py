@@ -65,8 +65,13 @@ def request_id() -> str:
     return str(rid)
 
 
-def server_error_body(status: int, summary: str) -> dict[str, Any]:
-    """A 5xx body: a fixed summary and the request id; what went wrong is only in the log."""
+def server_error_body(status: int, summary: str, fault: bool = True) -> dict[str, Any]:
+    """A 5xx body: a fixed summary and the request id; what went wrong is only in the log.
+
+    ``fault=False`` (a refusal someone decided, such as a suspension) names no log: the summary is all.
+    """
+    if not fault:
+        return error_body(status, f"{summary} Request id {request_id()}.")
     return error_body(status, f"{summary} Request id {request_id()}; the details are in the service log.")
 
 
@@ -77,8 +82,9 @@ def init_app(app: Flask) -> None:
     def _service_error(exc: ServiceError) -> Response:
         if exc.status < 500:
             return json_response(exc.to_dict(), exc.status, headers=exc.headers or None)
-        log.error("%s [request %s]: %s", type(exc).__name__, request_id(), exc.message)
-        body = server_error_body(exc.status, exc.public_message)
+        level = logging.ERROR if exc.is_fault else logging.INFO
+        log.log(level, "%s [request %s]: %s", type(exc).__name__, request_id(), exc.message)
+        body = server_error_body(exc.status, exc.public_message, exc.is_fault)
         if exc.detail_is_public and exc.errors:
             body["errors"] = exc.errors
         return json_response(body, exc.status, headers=exc.headers or None)

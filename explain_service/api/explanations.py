@@ -68,6 +68,7 @@ def stored_answer(record: StoredRecord) -> dict[str, Any]:
             "quality": body.get("quality", {}),
             "libraries": body.get("libraries", {}),
             "plot_hashes": body.get("plots", {}),
+            "batch": body.get("batch"),  # a batch row's job, input row and the caller's id columns
         },
     }
 

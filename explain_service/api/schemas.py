@@ -340,6 +340,13 @@ class AuditFields(Schema):
     quality = fields.Dict()
     libraries = fields.Dict()
     plot_hashes = fields.Dict()
+    batch = fields.Dict(
+        allow_none=True,
+        metadata={
+            "description": "A batch row's record (batch --audit): the job id, the 0-based input row and "
+            "the values of --id-columns ({column: value}); null for an API call."
+        },
+    )
 
 
 class StoredExplanation(ExplainResponse):

@@ -42,6 +42,9 @@ img { max-width: 100%; }
 seed {{ a.bootstrap.seed }}, {{ (a.bootstrap.confidence * 100) | round | int }}% intervals</p>
 {% for w in a.warnings %}<div class="warn">{{ w }}</div>{% endfor %}
 <img src="data:image/png;base64,{{ chart }}" alt="Selection rate per group">
+<p class="meta">Each bar is a group's selection rate of <b>{{ a.positive }}</b> (n: its rows);
+the dashed line is four fifths of the highest rate, and an orange bar, left of it, is a group the
+four-fifths rule flags.</p>
 {% for feature, f in a.by_feature.items() %}
 <h2>{{ feature }}</h2>
 <table>

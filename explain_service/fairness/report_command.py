@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import click
@@ -55,6 +57,8 @@ def report(
     if (data is None) != (label is None):
         raise click.BadParameter("--data and --label go together")
     name, _, version = target.partition("@")
+    started = time.monotonic()
+    _step(f"loading {target} and the audit database")
     overrides = {"models_dir": models_dir, "database_url": database_url, "eager_load": False, "auth": "off"}
     app = create_app({k: v for k, v in overrides.items() if v is not None})
     services = app.extensions["explain"]
@@ -64,8 +68,10 @@ def report(
             perf = None
             if data is not None and label is not None:
                 model = services.registry.get(name, version or None)
+                _step(f"measuring performance on {data}")
                 rows, labels, digest = read_labelled(data, label)
                 perf = performance(model, rows, labels, digest)
+            _step("reading the audit figures and computing global importance over the background")
             found = report_for(services, name, version or None, performance=perf)
         except ServiceError as exc:
             raise click.ClickException(exc.message) from None
@@ -74,8 +80,10 @@ def report(
         if suffix == ".json":
             output.write_bytes(orjson.dumps(found, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
         elif suffix == ".html":
+            _step("drawing the images and writing the HTML file")
             output.write_text(render_report_document(found), encoding="utf-8")
         else:
+            _step("drawing the images and rendering the PDF")
             fallback = app_fetcher(base)
 
             def fetch(url: str) -> tuple[bytes, str]:
@@ -86,7 +94,15 @@ def report(
 
             page = render_report_page(found, _image_urls(name, found["model"]["version"]))
             output.write_bytes(html_to_pdf(page, base, fetcher=fetch))
-    click.echo(f"report of {found['model']['name']} v{found['model']['version']} written to {output}")
+    seconds = time.monotonic() - started
+    click.echo(
+        f"report of {found['model']['name']} v{found['model']['version']} written to {output} ({seconds:.1f} s)"
+    )
+
+
+def _step(what: str) -> None:
+    """One timestamped progress line on stderr: a report takes seconds, and the PDF the longest."""
+    click.echo(f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ} report: {what}", err=True)
 
 
 def _image_urls(name: str, version: str) -> Callable[[str], str]:

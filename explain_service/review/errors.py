@@ -34,6 +34,9 @@ def error_page(
     errors: dict[str, list[str]] | None = None,
 ) -> Response:
     """The HTML error page."""
+    if status == 401 and "Authorization" not in request.headers:
+        # A person in a browser, not a script: the guard's message speaks of headers they never send.
+        message = "You are not signed in, or your session has ended."
     html = render_template(
         "review/error.html",
         status=status,
@@ -77,10 +80,19 @@ def _render(
     headers: dict[str, str] | None = None,
     errors: dict[str, list[str]] | None = None,
 ) -> Response:
+    fault = not isinstance(exc, ServiceError) or exc.is_fault
     if status >= 500 and isinstance(exc, ServiceError | AuditError):
-        log.error("%s [request %s]: %s", type(exc).__name__, request_id(), exc)
+        log.log(
+            logging.ERROR if fault else logging.INFO,
+            "%s [request %s]: %s",
+            type(exc).__name__,
+            request_id(),
+            exc,
+        )
         message = message if isinstance(exc, ServiceError) else "Internal error."
     if wants_json():
-        body = error_body(status, message, errors) if status < 500 else server_error_body(status, message)
+        body = (
+            error_body(status, message, errors) if status < 500 else server_error_body(status, message, fault)
+        )
         return json_response(body, status, headers=headers or None)
     return error_page(status, message, headers, errors)

@@ -108,7 +108,7 @@ class RecordView:
                 "feature": name,
                 "value": instance.get(name),
                 "contribution": words.signed(v),
-                "towards": "towards" if v > 0 else "away from" if v < 0 else "no effect on",
+                "effect": words.effect(v, shap.get("target")),
             }
             for name, v in sorted(values.items(), key=lambda kv: -abs(float(kv[1])))
         ]
@@ -118,6 +118,7 @@ class RecordView:
         return {
             "rows": rows,
             "target": shap.get("target"),
+            "aim": words.aim(shap.get("target")),
             "space": space,
             "plain": line,
             "base": words.number(base),
@@ -143,6 +144,7 @@ class RecordView:
         return {
             "rows": rows,
             "target": lime.get("target"),
+            "aim": words.aim(lime.get("target")),
             "score": words.number(lime.get("score"), 3),
             "fit": words.lime_fit(lime.get("score")),
             "samples": lime.get("num_samples"),
@@ -220,7 +222,20 @@ class RecordView:
             ("Recorded at", words.when(r.created_at)),
             ("Caller (key name)", r.caller or "none (access control off)"),
             ("Reference", self.reference),
+            *self._batch_rows(),
             ("Record id", r.id),
+        ]
+
+    def _batch_rows(self) -> list[tuple[str, Any]]:
+        """A batch row's job, input row and the caller's ids (``batch --audit --id-columns``)."""
+        batch = self.body.get("batch")
+        if not isinstance(batch, dict):
+            return []
+        ids = ", ".join(f"{k} {v}" for k, v in (batch.get("ids") or {}).items())
+        return [
+            ("Batch job", batch.get("job")),
+            ("Input row (from 0)", batch.get("row")),
+            ("Batch ids", ids or None),
         ]
 
 

@@ -33,6 +33,7 @@ from explain_service.plots.importance import importance_bars
 from explain_service.plots.render import render_png
 from explain_service.review.blueprint import blp
 from explain_service.review.pdf import app_fetcher, html_to_pdf
+from explain_service.review.words import output_space
 
 IMAGES = ("importance", "beeswarm")
 
@@ -109,10 +110,25 @@ def report_image(report: dict[str, Any], name: str) -> bytes:
     raise NotFound(f"The report has no image {name!r}")
 
 
+def importance_units(report: dict[str, Any]) -> str | None:
+    """The sentence saying in words what the importance figures are measured in (log-odds, ...)."""
+    if not report.get("importance"):
+        return None
+    model = _services().registry.get(report["model"]["name"], report["model"]["version"])
+    result = importance_of(model)
+    return output_space(result.output, result.target)[1]
+
+
 def render_report_page(report: dict[str, Any], image_src: Callable[[str], str] | None) -> str:
     """The report page's HTML."""
     versions = _services().registry.versions(report["model"]["name"])
-    return render_template("review/report.html", report=report, image_src=image_src, versions=versions)
+    return render_template(
+        "review/report.html",
+        report=report,
+        image_src=image_src,
+        versions=versions,
+        importance_units=importance_units(report),
+    )
 
 
 def render_report_document(report: dict[str, Any]) -> str:
@@ -128,6 +144,7 @@ def render_report_document(report: dict[str, Any]) -> str:
         image_src=embedded if report.get("importance") else None,
         stylesheet=css,
         stylesheet_url=None,
+        importance_units=importance_units(report),
     )
 
 

@@ -85,6 +85,23 @@ def output_space(output: str | None, target: str | None) -> tuple[str, str]:
     return name, line.format(target=f"'{target}'" if target else "the predicted value")
 
 
+def aim(target: str | None) -> str:
+    """What contributions push towards: a class in quotes, or a regression's predicted value."""
+    return f"'{target}'" if target is not None else "the predicted value"
+
+
+def effect(value: Any, target: str | None) -> str:
+    """A contribution's direction in words: towards / away from a class, or raised / lowered a value."""
+    v = float(value)
+    if target is None:
+        return (
+            "raised the predicted value" if v > 0 else "lowered the predicted value" if v < 0 else "no effect"
+        )
+    return (
+        f"towards '{target}'" if v > 0 else f"away from '{target}'" if v < 0 else f"no effect on '{target}'"
+    )
+
+
 def decision_sentence(prediction: dict[str, Any], favorable: str | None) -> str:
     """'The model decided 'bad' with a probability of 93.4% (the favourable outcome is 'good').'"""
     if "label" not in prediction:
