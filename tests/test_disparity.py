@@ -244,15 +244,8 @@ def test_gauges_under_gunicorns_multiprocess_metrics_are_one_family_each(
 
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     monkeypatch.setattr(values, "ValueClass", values.MultiProcessValue())
-    app = create_app(
-        {
-            "models_dir": str(demo_models_dir),
-            "database_url": f"sqlite:///{tmp_path / 'audit.sqlite3'}",
-            "plots_dir": str(tmp_path / "plots"),
-            "eager_load": False,
-            "disparity_min_group": 1,
-            **OPEN_ACCESS,
-        }
+    app = open_app(
+        demo_models_dir, f"sqlite:///{tmp_path / 'audit.sqlite3'}", tmp_path / "plots", disparity_min_group=1
     )
     client = app.test_client()
     rows = rows_as_dicts(ModelRegistry(demo_models_dir).get("german-credit").background.iloc[:40])

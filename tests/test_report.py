@@ -221,7 +221,7 @@ def test_the_report_page_says_in_words_what_the_importance_units_are(
     demo_models_dir: Path, tmp_path: Path, name: str, words: str
 ) -> None:
     """The bars and beeswarm are drawn in the model's SHAP units (log-odds for german-credit): say them."""
-    app = make_app(demo_models_dir, f"sqlite:///{tmp_path / 'a.sqlite3'}", tmp_path)
+    app = open_app(demo_models_dir, f"sqlite:///{tmp_path / 'a.sqlite3'}", tmp_path / "plots")
     page = app.test_client().get(f"/review/models/{name}", headers={"Accept": "text/html"})
     assert page.status_code == 200
     assert words in html.unescape(page.get_data(as_text=True))
