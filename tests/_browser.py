@@ -8,6 +8,7 @@ store there and serves it with access control on; ``chromium`` and ``new_page`` 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -48,9 +49,12 @@ def served_site[S: Site](
 
     ``env`` adds to (or overrides) access control on; the server is handed over as a ``site``.
 
-    Skips when chromium is missing, before any server starts.
+    Skips when chromium is missing, before any server starts; fails instead under ``.ci/run``
+    (``EXPLAIN_TEST_REQUIRE_BROWSER=1``), which installs it, so CI can never pass without the pages tested.
     """
     if not Path(CHROMIUM).exists():
+        if os.environ.get("EXPLAIN_TEST_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"{CHROMIUM} is missing although EXPLAIN_TEST_REQUIRE_BROWSER=1")
         pytest.skip(f"{CHROMIUM} is missing (.ci/run installs Debian's chromium)")
     (root / "var").mkdir()
     url = f"sqlite:///{root / 'var' / 'audit.sqlite3'}"
