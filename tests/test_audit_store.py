@@ -849,3 +849,38 @@ def test_concurrent_processes_keep_one_unbroken_chain(url: str) -> None:
         times = [record.created_at for record in reversed(audit_store.list_records(limit=expected))]
     assert report.ok and report.checked == expected
     assert times == sorted(times)  # stamped under the lock
+
+
+def test_tables_created_while_another_process_commits_wait_instead_of_failing(tmp_path: Path) -> None:
+    """Workers create their side tables on first use while others append: that must wait, not 503.
+
+    In a deferred transaction the existence check reads a snapshot; when another connection commits
+    before the CREATE, SQLite refuses the upgrade at once ("database is locked") without waiting.
+    """
+    from sqlalchemy import Column, Integer, MetaData, Table
+
+    from explain_service.audit.backends import create_tables, sqlite_engine
+
+    path = tmp_path / "a.sqlite3"
+    engine = sqlite_engine(make_url(f"sqlite:///{path}"), 5.0, "full")
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE busy (n INTEGER)")
+    other = sqlite3.connect(path, isolation_level=None, timeout=5, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("INSERT INTO busy VALUES (1)")
+    side = Table("side_table", MetaData(), Column("n", Integer))
+
+    def commit_soon() -> None:
+        time.sleep(0.3)
+        other.execute("COMMIT")
+
+    releaser = threading.Thread(target=commit_soon)
+    releaser.start()
+    try:
+        create_tables(engine, side.metadata)  # must wait for the writer, then create
+    finally:
+        releaser.join()
+        other.close()
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM side_table").scalar() == 0
+    engine.dispose()

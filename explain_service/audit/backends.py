@@ -67,9 +67,18 @@ _SQLITE_INSERT = f"INSERT INTO audit_records ({', '.join(NAMES)}) VALUES ({', '.
 
 
 def create_tables(engine: Engine, metadata: MetaData) -> None:
-    """Create the tables of ``metadata`` that are missing; another process creating them first is fine."""
+    """Create the tables of ``metadata`` that are missing; another process creating them first is fine.
+
+    On SQLite the check and the creation run in one BEGIN IMMEDIATE transaction: in a plain (deferred)
+    one, the first write after the check's read fails at once with "database is locked", without waiting
+    for the busy timeout, whenever another process committed in between (an audit append, say).
+    """
     try:
-        metadata.create_all(engine, checkfirst=True)
+        with engine.connect() as conn:
+            if engine.dialect.name == "sqlite":
+                conn = conn.execution_options(**{_IMMEDIATE: True})
+            with conn.begin():
+                metadata.create_all(conn, checkfirst=True)
     except SQLAlchemyError:
         # Workers starting together on a new database: another one may have won the race.
         present = inspect(engine)
