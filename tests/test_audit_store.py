@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -326,6 +327,7 @@ def test_hash_format_is_pinned() -> None:
     expected = hashlib.sha256((GENESIS_HASH + envelope).encode()).hexdigest()
 
     assert record.sealed().hash == expected
+    assert replace(record, hash="").text_hash() == expected
     assert expected == "09ca5f931d4884bda2448fb0f941d44d79c44cec4a3bbc3bf120c2d631ab9370"
 
 
@@ -357,6 +359,7 @@ def test_envelope_parts_splice_into_the_canonical_envelope(
     spliced = '{"body":' + record.body + middle + record.created_at + tail + str(seq) + "}"
 
     assert hashlib.sha256((record.prev_hash + spliced).encode()).hexdigest() == record.content_hash()
+    assert record.text_hash() == record.content_hash()
 
 
 def test_canonical_json_agrees_with_the_explainers() -> None:

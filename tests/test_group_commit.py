@@ -6,7 +6,10 @@ arrive meanwhile must form one group; the store is tested with threads appending
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
+import tempfile
 import threading
 import time
 from dataclasses import replace
@@ -18,6 +21,7 @@ import explain_service.audit.store as store_module
 from explain_service.audit.chain import RawRecord
 from explain_service.audit.group import GroupCommit
 from explain_service.audit.store import AuditEntry, AuditStore, AuditWriteError
+from explain_service.audit.turn import HostTurn
 
 THREADS = 8
 APPENDS = 12
@@ -214,3 +218,61 @@ def test_a_failed_group_flush_stores_nothing_and_every_caller_gets_the_write_err
     assert all(isinstance(outcomes[t], AuditWriteError) for t in range(1, 5))
     assert store.count() == 2 and store.verify().ok
     store.close()
+
+
+# -- turns between the processes of a host ---------------------------------------------------------------
+
+
+def test_batches_queued_while_another_process_has_the_turn_commit_as_one_group(tmp_path) -> None:
+    """The leader takes its queue only once it has the turn: what queued meanwhile is one group."""
+    sizes: list[int] = []
+    store = AuditStore(f"sqlite:///{tmp_path}/audit.sqlite3", observe=lambda _s, n, _h: sizes.append(n))
+    store.append([entry(0, 0)])
+    sizes.clear()
+    other = os.open(f"{tmp_path}/audit.sqlite3-append.lock", os.O_RDWR)  # another process's turn
+    fcntl.flock(other, fcntl.LOCK_EX)
+    outcomes: dict[int, Any] = {}
+
+    def run(t: int) -> None:
+        outcomes[t] = store.append([entry(t, 1)])
+
+    threads = [threading.Thread(target=run, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 10
+    while len(store._group._queue) < 4 and time.monotonic() < deadline:  # the leader's batch is queued too
+        time.sleep(0.005)
+    time.sleep(0.05)
+    assert outcomes == {}  # nobody answered while the turn was another's
+    fcntl.flock(other, fcntl.LOCK_UN)
+    os.close(other)
+    for t in threads:
+        t.join(10)
+    try:
+        assert sizes == [4]
+        assert sorted(r.seq for o in outcomes.values() for r in o) == [2, 3, 4, 5]
+        assert store.verify().ok
+    finally:
+        store.close()
+
+
+def test_a_lock_file_that_cannot_be_made_means_appending_without_turns(
+    tmp_path, caplog: pytest.LogCaptureFixture
+) -> None:
+    turn = HostTurn(str(tmp_path / "missing" / "x.lock"))
+    with caplog.at_level("WARNING", logger="explain_service.audit.turn"):
+        for _ in range(3):
+            with turn():
+                pass
+    assert [r.getMessage().startswith("audit appends without turns") for r in caplog.records] == [True]
+
+
+def test_a_postgresql_turn_is_per_database_and_private(tmp_path) -> None:
+    a = HostTurn.for_database(None, "postgresql+psycopg://u@h/db1")
+    b = HostTurn.for_database(None, "postgresql+psycopg://u@h/db2")
+    assert a.path != b.path and os.path.dirname(a.path) == tempfile.gettempdir()
+    assert HostTurn.for_database(str(tmp_path / "a.sqlite3"), "").path == str(
+        tmp_path / "a.sqlite3-append.lock"
+    )
+    with a():
+        assert oct(os.stat(a.path).st_mode & 0o777) == oct(0o600)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -25,6 +26,7 @@ from PIL import Image
 from explain_service.errors import NotFound
 from explain_service.plots import (
     PLOTS,
+    RENDERER_VERSION,
     PlotCache,
     PlotNotAvailable,
     UnknownPlot,
@@ -34,6 +36,7 @@ from explain_service.plots import (
     draw_plot,
     lime_weights,
     plot_key,
+    plot_keys,
     render_png,
     waterfall,
 )
@@ -388,6 +391,25 @@ def test_plot_key_covers_name_and_every_input() -> None:
         plot_key("shap_waterfall", changed_explanation, CREDIT_ROW, MODEL),
     }
     assert key not in others and len(others) == 4
+
+
+def test_plot_keys_are_the_sha256_of_the_sorted_json_of_every_input() -> None:
+    """Keys are stored in audit records: the spliced form must stay the documented one, byte for byte."""
+    names = ["shap_waterfall", "shap_bar", "lime_weights"]
+    explanation = {**CREDIT, "odd": [np.float32(0.1), np.int64(3), "é\n", None]}
+    keys = plot_keys(names, explanation, CREDIT_ROW, MODEL)
+    for name in names:
+        payload = {
+            "plot": name,
+            "renderer": RENDERER_VERSION,
+            "explanation": explanation,
+            "instance": CREDIT_ROW,
+            "model": MODEL,
+        }
+        dumped = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY)
+        assert (
+            keys[name] == hashlib.sha256(dumped).hexdigest() == plot_key(name, explanation, CREDIT_ROW, MODEL)
+        )
 
 
 def _counting(monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:

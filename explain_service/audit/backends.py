@@ -191,7 +191,8 @@ def chain_locked(conn: Connection, backend: str, timeout: float) -> Iterator[Con
 
 
 def append_sqlite(conn: PoolProxiedConnection, prepared: list[RawRecord]) -> list[RawRecord]:
-    """Seal ``prepared`` onto the head and insert it in one BEGIN IMMEDIATE transaction; close ``conn``."""
+    """Seal ``prepared`` (bodies in canonical form) onto the head and insert it in one BEGIN IMMEDIATE
+    transaction; close ``conn``."""
     try:
         # If anything fails, closing hands the connection back to the pool, whose reset rolls back.
         cursor = conn.cursor()
@@ -205,9 +206,10 @@ def append_sqlite(conn: PoolProxiedConnection, prepared: list[RawRecord]) -> lis
         seq, prev_hash = int(head[0]), str(head[1])
         created_at = utc_text(datetime.now(UTC))
         sealed: list[RawRecord] = []
-        for raw in prepared:
+        for raw in prepared:  # bodies are canonical (store._prepare): hashed as text, not parsed again
             seq += 1
-            sealed.append(replace(raw, seq=seq, created_at=created_at, prev_hash=prev_hash).sealed())
+            placed = replace(raw, seq=seq, created_at=created_at, prev_hash=prev_hash)
+            sealed.append(replace(placed, hash=placed.text_hash()))
             prev_hash = sealed[-1].hash
         cursor.executemany(_SQLITE_INSERT, [row_values(raw) for raw in sealed])
         cursor.execute("COMMIT")

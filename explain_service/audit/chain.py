@@ -196,6 +196,17 @@ class RawRecord:
             raise ValueError(f"the body of record {self.id} is not canonical JSON")
         return replace(self, hash=digest)
 
+    def text_hash(self) -> str:
+        """The hash of this record, from its text as it stands: ``body`` must be canonical JSON already.
+
+        The same value as :meth:`content_hash` for such a body, without parsing it back (the writer's
+        form, :meth:`envelope_parts`); the walk recomputes every hash from parsed content, so a body
+        that is not canonical fails verification instead of passing unnoticed.
+        """
+        middle, tail = self.envelope_parts()
+        envelope = f'{{"body":{self.body}{middle}{self.created_at}{tail}{self.seq}}}'
+        return hashlib.sha256(self.prev_hash.encode() + envelope.encode()).hexdigest()
+
     def envelope_parts(self) -> tuple[str, str]:
         """The canonical envelope around ``created_at`` and ``seq``, for a writer that learns them later.
 

@@ -64,10 +64,10 @@ def record_body(
     review: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The body of one audit record (see the module docstring)."""
-    from explain_service.plots.render import available_plots, plot_key
+    from explain_service.plots.render import available_plots, plot_keys
 
     ref = {"name": model.name, "version": model.version, "sha256": model.sha256}
-    plots = {name: plot_key(name, explanation, instance, ref) for name in available_plots(explanation)}
+    plots = plot_keys(available_plots(explanation), explanation, instance, ref)
     return {
         "kind": "explanation",
         "model": ref,
@@ -130,7 +130,7 @@ class AuditRecorder:
             for e in entries
         ]
         try:
-            stored = self.store.append(audit_entries)
+            stored = self.store.append_raw(audit_entries)
         except RecordTooLarge as exc:
             raise too_large(exc, entries[exc.index]) from None
         except AuditWriteError as exc:

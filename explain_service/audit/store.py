@@ -8,6 +8,7 @@ read records back, count, page, verify the chain, export it. The pieces live nex
     schema.py       the tables, the append-only triggers, PostgreSQL's audit_append(), the schema version
     backends.py     the SQLite and PostgreSQL engines, write connections, durability, the append SQL
     group.py        group commit: concurrent appends of one process share one transaction and flush
+    turn.py         the turns the appending processes of one host take (a lock file)
     sqlite_file.py  whether the SQLite file being written is still the one at the database's path
     chain.py        how a record is hashed onto the one before it, and how the chain is checked
     jsonl.py        the JSON Lines export (:meth:`AuditStore.export`) and its check
@@ -113,6 +114,7 @@ from explain_service.audit.sqlite_file import (
     sqlite_path,
     track_identity,
 )
+from explain_service.audit.turn import HostTurn
 
 __all__ = [
     "CHAIN_LOCK_KEY",
@@ -204,11 +206,11 @@ class AuditStore:
         else:
             raise ValueError(f"the audit store supports sqlite and postgresql, not {self.backend!r}")
         self._dbapi_error: type[Exception] = self._engine.dialect.loaded_dbapi.Error
-        taken: type[Exception] = self._engine.dialect.loaded_dbapi.IntegrityError
+        self._taken: type[Exception] = self._engine.dialect.loaded_dbapi.IntegrityError
         # Concurrent appends of this process share a transaction; a taken id fails only its own batch.
-        self._group = GroupCommit(
-            self._commit, retry_alone=lambda exc: isinstance(exc, taken), observe=observe
-        )
+        # ... and the processes of this host take turns, each committing what queued while it waited.
+        turn = HostTurn.for_database(self._path, self.url.render_as_string(hide_password=True))
+        self._group = GroupCommit(self._commit, retry_alone=self._retry_alone, observe=observe, turn=turn)
         self._pid = os.getpid()
         self._schema_lock = threading.Lock()
         self._schema_ready = False
@@ -244,6 +246,11 @@ class AuditStore:
         AuditError
             PostgreSQL stored a record whose hash :mod:`.chain` does not confirm (a defect, never expected).
         """
+        return [StoredRecord.from_raw(raw) for raw in self.append_raw(entries)]
+
+    def append_raw(self, entries: Sequence[AuditEntry]) -> list[RawRecord]:
+        """:meth:`append`, returning the records as stored text (bodies not parsed back): for callers that
+        need only ids and seqs. Raises as :meth:`append` does."""
         prepared = [_prepare(entry) for entry in entries]
         for index, raw in enumerate(prepared):
             size = len(raw.body.encode())
@@ -256,12 +263,15 @@ class AuditStore:
             return []
         try:
             self._ensure_schema()
-            sealed = self._group.submit(prepared)
+            return self._group.submit(prepared)
         except AuditUnavailableError as exc:
             raise AuditWriteError(exc.reason, detail=exc.detail) from exc
         except (SQLAlchemyError, self._dbapi_error) as exc:
             raise self._failure(AuditWriteError, exc) from exc
-        return [StoredRecord.from_raw(raw) for raw in sealed]
+
+    def _retry_alone(self, exc: BaseException) -> bool:
+        """Whether a failed group may owe its failure to one batch's records (an id already taken)."""
+        return isinstance(exc, self._taken)
 
     def check_writable(self) -> None:
         """Prove cheaply that an append would be accepted now; raise :class:`AuditUnavailableError` if not.
@@ -453,7 +463,7 @@ class AuditStore:
         rows = self._on_writer(PG_APPEND, [postgresql_entries(prepared)], retry_lost=True)
         sealed = postgresql_sealed(prepared, rows)
         for raw in sealed:
-            if raw.content_hash() != raw.hash:
+            if raw.text_hash() != raw.hash:
                 raise AuditError(
                     f"record {raw.id} was stored with a hash that does not verify: audit_append() does not "
                     "seal as chain.py does"

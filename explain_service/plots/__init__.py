@@ -20,6 +20,7 @@ from explain_service.plots.render import (
     available_plots,
     draw_plot,
     plot_key,
+    plot_keys,
     plot_spec,
     render_png,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "draw_plot",
     "lime_weights",
     "plot_key",
+    "plot_keys",
     "plot_spec",
     "render_png",
     "waterfall",

@@ -24,7 +24,7 @@ import os
 import struct
 import tempfile
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,16 +175,32 @@ def plot_key(
     name: str, explanation: Mapping[str, Any], instance: Mapping[str, Any], model: Mapping[str, Any]
 ) -> str:
     """Hex sha256 naming the PNG of plot ``name`` drawn from exactly these inputs."""
-    payload = {
-        "plot": name,
-        "renderer": RENDERER_VERSION,
-        "explanation": dict(explanation),
-        "instance": dict(instance),
-        "model": dict(model),
-    }
-    return hashlib.sha256(
-        orjson.dumps(payload, option=orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY)
-    ).hexdigest()
+    return plot_keys([name], explanation, instance, model)[name]
+
+
+def plot_keys(
+    names: Iterable[str],
+    explanation: Mapping[str, Any],
+    instance: Mapping[str, Any],
+    model: Mapping[str, Any],
+) -> dict[str, str]:
+    """:func:`plot_key` of each plot in ``names``, serialising the shared inputs once.
+
+    The key hashes the sorted-key JSON of ``{"explanation", "instance", "model", "plot", "renderer"}``;
+    the first three are the same for every plot of a record, so their JSON is made once and spliced.
+    """
+    option = orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY
+    shared = (
+        b'{"explanation":'
+        + orjson.dumps(dict(explanation), option=option)
+        + b',"instance":'
+        + orjson.dumps(dict(instance), option=option)
+        + b',"model":'
+        + orjson.dumps(dict(model), option=option)
+        + b',"plot":'
+    )
+    renderer = b',"renderer":' + orjson.dumps(RENDERER_VERSION) + b"}"
+    return {name: hashlib.sha256(shared + orjson.dumps(name) + renderer).hexdigest() for name in names}
 
 
 class PlotCache:
