@@ -132,7 +132,7 @@ def test_no_answer_without_its_record(audited, monkeypatch) -> None:
     def refuse(entries):
         raise AuditWriteError("disk full")
 
-    monkeypatch.setattr(store, "append", refuse)
+    monkeypatch.setattr(store, "append_raw", refuse)
     r = client.post("/v1/models/german-credit:explain", json={"instances": [GERMAN_ROW]})
     assert r.status_code == 503
     assert "audit record could not be written" in r.get_json()["message"]
