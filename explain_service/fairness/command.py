@@ -10,6 +10,7 @@ import click
 import orjson
 
 from explain_service.config import Settings
+from explain_service.counts import count
 
 HELP = """Audit a model for bias on a labelled CSV or Parquet file.
 
@@ -193,5 +194,5 @@ def _summary(result: dict[str, Any]) -> str:
             f"  {feature}: demographic parity ratio {ratio if ratio is None else f'{ratio:.3f}'}{flag}"
         )
     data = result["data"]
-    head = f"audit {result['id']}: {data['used']} rows used, {data['rejected']} rejected"
+    head = f"audit {result['id']}: {count(data['used'], 'row')} used, {data['rejected']} rejected"
     return "\n".join([head, *parts])

@@ -17,7 +17,18 @@ import pandas as pd
 from matplotlib.colors import LinearSegmentedColormap
 from matplotlib.figure import Figure
 
-from explain_service.plots._style import DOWN, INK, MUTED, NEUTRAL, RULE, UP, font, new_figure, truncate
+from explain_service.plots._style import (
+    DOWN,
+    INK,
+    MUTED,
+    NEUTRAL,
+    RULE,
+    UP,
+    count,
+    font,
+    new_figure,
+    truncate,
+)
 
 ROW_HEIGHT = 0.42
 BINS = 80
@@ -117,7 +128,7 @@ def beeswarm(
     fig.text(
         0.02,
         1 - 0.28 / height,
-        f"SHAP summary \u2014 {model.get('name', '')} v{model.get('version', '')} ({len(values)} rows)",
+        f"SHAP summary \u2014 {model.get('name', '')} v{model.get('version', '')} ({count(len(values), 'row')})",
         fontproperties=font(12.0, "bold"),
         color=INK,
     )
