@@ -139,3 +139,32 @@ def test_a_suspended_models_answer_is_a_sentence_not_a_failure_report(secured, c
         f"Request id {r.headers['X-Request-ID']}."
     )
     assert not [x for x in caplog.records if x.levelname == "ERROR"]
+
+
+def test_resume_answers_the_state_after_it_not_the_lifted_suspension(secured) -> None:
+    """Lifting one suspension may leave another in force: the answer says which, read after the resume."""
+    _, client, keys = secured
+    admin = auth(keys["admin"])
+    post = lambda path, body: client.post(f"/v1/models/{MODEL}{path}", json=body, headers=admin)  # noqa: E731
+    assert post("/versions/1:suspend", {"reason": "bad batch"}).status_code == 200
+    assert post(":suspend", {"reason": "all off"}).status_code == 200
+
+    version_resumed = post("/versions/1:resume", {})
+    assert version_resumed.status_code == 200, version_resumed.get_json()
+    answer = version_resumed.get_json()
+    assert answer["lifted"]["reason"] == "bad batch" and answer["lifted"]["scope"] == "version"
+    # version 1 still answers 503: its whole model is suspended
+    assert answer["suspended"] is True and answer["suspension"]["reason"] == "all off"
+    assert [s["reason"] for s in answer["in_force"]] == ["all off"]
+    assert predict(client, keys["explain"], "1").status_code == 503
+
+    assert post("/versions/1:suspend", {"reason": "bad batch again"}).status_code == 200
+    model_resumed = post(":resume", {}).get_json()
+    assert model_resumed["lifted"]["reason"] == "all off" and model_resumed["lifted"]["scope"] == "model"
+    assert model_resumed["suspended"] is False and model_resumed["suspension"] is None
+    assert [(s["scope"], s["reason"]) for s in model_resumed["in_force"]] == [("version", "bad batch again")]
+
+    last = post("/versions/1:resume", {}).get_json()
+    assert (last["suspended"], last["suspension"], last["in_force"]) == (False, None, [])
+    assert last["lifted"]["reason"] == "bad batch again"
+    assert predict(client, keys["explain"], "1").status_code == 200
