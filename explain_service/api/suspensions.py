@@ -16,7 +16,13 @@ from marshmallow import Schema, fields
 from explain_service.access import caller_name
 from explain_service.api import schemas
 from explain_service.api.blueprint import Blueprint
-from explain_service.audit.suspensions import Suspension, SuspensionError, SuspensionNotRecorded, Suspensions
+from explain_service.audit.suspensions import (
+    BadSuspensionReason,
+    Suspension,
+    SuspensionConflict,
+    SuspensionNotRecorded,
+    Suspensions,
+)
 from explain_service.errors import AuditUnavailable, Conflict, ModelNotFound, ModelSuspended, ValidationFailed
 from explain_service.jsonio import json_response
 
@@ -90,9 +96,9 @@ def change_suspension(action: str, name: str, version: str | None, reason: str) 
             found = _suspensions().resume(name, version, by=caller_name(), reason=reason)
     except SuspensionNotRecorded as exc:
         raise AuditUnavailable(str(exc)) from None
-    except SuspensionError as exc:
-        if action == "suspend" and "reason" in str(exc):
-            raise ValidationFailed({"reason": [str(exc)]}) from None
+    except BadSuspensionReason as exc:
+        raise ValidationFailed({"reason": [str(exc)]}) from None
+    except SuspensionConflict as exc:
         raise Conflict(str(exc)) from None
     if action == "suspend":
         return {"suspended": True, "suspension": found.to_dict()}
