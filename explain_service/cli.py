@@ -23,6 +23,7 @@ from explain_service.access.commands import keys
 from explain_service.audit.incident_commands import incidents
 from explain_service.batch.command import batch
 from explain_service.config import Settings
+from explain_service.counts import count
 from explain_service.fairness.command import fairness
 from explain_service.fairness.report_command import report
 from explain_service.logs import configure_app_logging
@@ -404,12 +405,14 @@ def audit_verify(
         _cannot_read(exc)
     chain = f"chain {report.chain_id}" if report.chain_id else "a chain from before genesis records"
     if report.ok:
-        click.echo(f"ok: {report.checked} records, head {report.head_hash} (seq {report.head_seq}), {chain}")
+        click.echo(
+            f"ok: {count(report.checked, 'record')}, head {report.head_hash} (seq {report.head_seq}), {chain}"
+        )
         return
     if report.reason == "head_not_found":
         click.echo(f"NOT VERIFIED: the expected head {expected_head} is not in {chain}", err=True)
         click.echo(
-            f"its {report.checked} records verify, head {report.head_hash} (seq {report.head_seq}); "
+            f"up to it, {count(report.checked, 'record')} verified, head {report.head_hash} (seq {report.head_seq}); "
             "either records after it were deleted, or the expected head was mistyped or is of another chain",
             err=True,
         )
@@ -422,7 +425,9 @@ def audit_verify(
         + (f" - {report.detail}" if report.detail else ""),
         err=True,
     )
-    click.echo(f"{report.checked} records before it verify; last good head {report.head_hash}", err=True)
+    click.echo(
+        f"{count(report.checked, 'record')} before it verified; last good head {report.head_hash}", err=True
+    )
     sys.exit(1)
 
 
@@ -479,7 +484,7 @@ def audit_reindex(database_url: str | None, rebuild: bool) -> None:
             tally.catch_up(force=True, max_records=None)
     except AuditError as exc:
         _cannot_read(exc)
-    click.echo(f"indexed {read} records")
+    click.echo(f"indexed {count(read, 'record')}")
 
 
 main.add_command(batch)

@@ -82,7 +82,7 @@ def test_explain_answer_has_the_contract_shape(client, registry) -> None:
     assert first["reasons"][0]["feature"] == max(shap_part["values"], key=lambda k: shap_part["values"][k])
 
 
-def test_explain_by_version_with_target_and_output(client) -> None:
+def test_explain_by_version_with_target_and_output(client, registry) -> None:
     body = {"instances": [GERMAN_ROW], "target": "good", "options": {"shap": {"output": "probability"}}}
     status, answer = post(client, "/v1/models/german-credit/versions/1:explain", body)
     assert status == 200
@@ -91,6 +91,12 @@ def test_explain_by_version_with_target_and_output(client) -> None:
     total = exp["shap"]["base_value"] + sum(exp["shap"]["values"].values())
     assert total == pytest.approx(exp["prediction"]["probabilities"]["good"], abs=1e-6)
     assert "lowered the likelihood of 'good'" in exp["reasons"][0]["text"]
+    # Each sentence starts with the feature as registered; a category follows a colon, an amount "of".
+    kinds = {f.name: f.kind for f in registry.get("german-credit").schema.features}
+    for reason in exp["reasons"]:
+        value = reason["value"]
+        joint = ": " if kinds[reason["feature"]] == "categorical" else " of "
+        assert reason["text"].startswith(f"{reason['feature']}{joint}{value} lowered"), reason
 
 
 def test_regression_and_multiclass(client, registry) -> None:

@@ -95,6 +95,23 @@ def test_bad_requests_are_422_naming_the_field(client, labelled, change, fields)
         assert errors == fields
 
 
+def test_every_bad_field_is_named_in_one_answer(client, labelled) -> None:
+    """A bad grouping, a bad row and a bad label are all reported at once, not the first one found."""
+    instances, labels = labelled
+    body = {
+        "instances": [instances[0], {**instances[1], "age": "old"}, instances[2]],
+        "labels": [labels[0], "maybe", labels[2]],
+        "sensitive": ["sex", "religion"],
+        "bins": {"age": [0, 200]},
+    }
+    r = client.post("/v1/models/german-credit:fairness", json=body)
+    assert r.status_code == 422, r.get_json()
+    answer = r.get_json()
+    assert set(answer["errors"]) == {"sensitive.1", "bins.age", "instances.1.age", "labels.1"}
+    assert answer["message"] == "Invalid request: bins.age, instances.1.age, labels.1, sensitive.1"
+    assert answer["errors"]["labels.1"] == ["Not a class name of the model (bad, good)."]
+
+
 def test_regressors_are_refused(client) -> None:
     r = client.post("/v1/models/diabetes-gbr:fairness", json={"instances": [{}], "labels": ["x"]})
     assert r.status_code == 422 and "model" in r.get_json()["errors"]
@@ -111,6 +128,12 @@ def test_the_row_bound_names_instances(demo_models_dir: Path, tmp_path: Path, la
         "/v1/models/german-credit:fairness", json={"instances": instances[:11], "labels": labels[:11]}
     )
     assert r.status_code == 422 and list(r.get_json()["errors"]) == ["instances"]
+    # over the bound, the rows are not read but the groupings and labels are still checked
+    r = app.test_client().post(
+        "/v1/models/german-credit:fairness",
+        json={"instances": instances[:11], "labels": labels[:10], "sensitive": ["religion"]},
+    )
+    assert r.status_code == 422 and set(r.get_json()["errors"]) == {"instances", "labels", "sensitive.0"}
 
 
 def test_only_review_and_admin_keys_may_audit(demo_models_dir: Path, tmp_path: Path, labelled) -> None:

@@ -93,6 +93,24 @@ def test_the_beeswarm_draws_every_row_and_is_deterministic(registry: ModelRegist
     assert first == second and first.startswith(b"\x89PNG")
 
 
+def test_the_beeswarm_says_its_colour_is_the_feature_value_not_the_direction(registry: ModelRegistry) -> None:
+    """The other charts colour raises/lowers with the same two colours: here the legend must say value."""
+    model = registry.get("german-credit")
+    result = global_importance(model, max_rows=100)
+    numeric = [f.name for f in model.schema.features if f.is_numeric]
+    fig = beeswarm(result.values, result.rows, result.model, numeric=numeric, max_display=3)
+    main_axes, colour_bar = fig.axes
+    assert colour_bar.get_ylabel() == "feature value: low \u2192 high"
+    assert [t.get_text() for t in colour_bar.get_yticklabels()] == ["low", "high"]
+    texts = [t.get_text() for t in fig.texts]
+    assert any("not whether it raised or lowered the output" in t for t in texts), texts
+    # the caption sits between the title and the plot, inside the figure
+    renderer = fig.canvas.get_renderer()
+    title, caption = (t.get_window_extent(renderer) for t in fig.texts)
+    plot = main_axes.get_window_extent(renderer)
+    assert plot.y1 < caption.y0 < caption.y1 < title.y0 and caption.x1 < fig.bbox.x1
+
+
 @pytest.mark.parametrize("name", ["wine-mlp", "diabetes-gbr"])
 def test_other_model_kinds_have_global_importance(registry: ModelRegistry, name: str) -> None:
     model = registry.get(name)

@@ -190,10 +190,11 @@ def test_the_incidents_commands_export_and_verify(served, tmp_path: Path, demo_m
     result = runner.invoke(main, args)
     assert result.exit_code == 0, result.output
     assert b"female" not in target.read_bytes()  # sex named here; age (in bands) by the model's manifest
+    assert result.stderr.strip().splitlines()[-1] == "1 incident (redacted)"
     result = runner.invoke(main, ["incidents", "verify", str(target)])
     assert result.exit_code == 0, result.output
     assert (
-        "ok: 1 incidents verify" in result.output
+        "ok: 1 incident verified by chain hash" in result.output
         and f"{3 * (len(FEATURES) - 2)} inputs opened" in result.output
     )
     text = target.read_bytes().replace(b'"severity":"high"', b'"severity":"low"')

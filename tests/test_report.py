@@ -259,3 +259,36 @@ def test_the_report_command_says_what_it_is_doing(demo_models_dir: Path, tmp_pat
     ]
     assert all(re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ report: ", line) for line in steps)
     assert result.stdout.startswith(f"report of german-credit v1 written to {out} (")
+
+
+def test_the_report_page_counts_one_of_a_thing_in_the_singular(demo_models_dir: Path, tmp_path: Path) -> None:
+    """A one-day window and groups of one read "last 1 day", "at least 1 decision", not "1 days"."""
+    app = open_app(
+        demo_models_dir,
+        f"sqlite:///{tmp_path / 'a.sqlite3'}",
+        tmp_path / "plots",
+        disparity_window_days=1,
+        disparity_min_group=1,
+    )
+    page = app.test_client().get("/review/models/german-credit", headers={"Accept": "text/html"})
+    text = html.unescape(page.get_data(as_text=True))
+    assert page.status_code == 200
+    assert "last 1 day (" in text and "at least 1 decision;" in text
+    assert re.search(r"\b1 (day|decision|row|record|incident)s\b", text) is None
+
+
+@pytest.mark.parametrize(
+    ("n", "noun", "plural", "text"),
+    [
+        (1, "incident", None, "1 incident"),
+        (0, "incident", None, "0 incidents"),
+        (2_000, "row", None, "2,000 rows"),
+        (1, "match", "matches", "1 match"),
+        (3, "match", "matches", "3 matches"),
+    ],
+    ids=["one", "none", "thousands", "irregular-one", "irregular-many"],
+)
+def test_counted_nouns(n: int, noun: str, plural: str | None, text: str) -> None:
+    from explain_service.counts import count
+
+    assert count(n, noun, plural) == text

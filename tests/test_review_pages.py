@@ -435,3 +435,74 @@ def test_a_regression_records_page_speaks_of_the_predicted_value_not_of_a_class(
         raised,
         lowered,
     )
+
+
+@pytest.mark.parametrize(
+    ("raw", "signed", "plain"),
+    [
+        (0.123456789012, "+0.1235", "0.1235"),
+        (-22.06818, "-22.07", "-22.07"),
+        (12345.6, "+12,346", "12,346"),
+        (0.0000123456, "+1.235e-05", "1.235e-05"),
+        (-4.13, "-4.13", "-4.13"),
+        (0.0, "0", "0"),
+    ],
+    ids=["fraction", "tens", "thousands", "tiny", "short", "zero"],
+)
+def test_numbers_in_the_tables_have_four_significant_digits(raw: float, signed: str, plain: str) -> None:
+    from explain_service.review import words
+
+    assert (words.signed(raw), words.feature_value(raw)) == (signed, plain)
+
+
+@pytest.mark.parametrize(
+    ("raw", "shown"),
+    [
+        (48, "48"),
+        (48.0, "48"),
+        ("little", "little"),
+        (True, "yes"),
+        (None, "missing"),
+        (float("nan"), "missing"),
+    ],
+    ids=["int", "whole-float", "category", "boolean", "none", "nan"],
+)
+def test_feature_values_read_as_values(raw: Any, shown: str) -> None:
+    from explain_service.review import words
+
+    assert words.feature_value(raw) == shown
+
+
+def test_the_shap_table_shows_rounded_signed_numbers_and_the_api_keeps_full_floats(
+    site, demo_models_dir
+) -> None:
+    """The diabetes features are floats like 0.061696206518683294: the page shows 0.0617."""
+    from explain_service.registry.store import ModelRegistry
+    from explain_service.review import words
+    from explain_service.service import rows_as_dicts
+
+    client = site["app"].test_client()
+    bearer = {"Authorization": f"Bearer {site['keys']['review']}"}
+    row = rows_as_dicts(ModelRegistry(demo_models_dir).get("diabetes-gbr").background.iloc[:1])
+    r = client.post(
+        "/v1/models/diabetes-gbr:explain", json={"instances": row, "methods": ["shap"]}, headers=bearer
+    )
+    assert r.status_code == 200, r.get_json()
+    explanation = r.get_json()["explanations"][0]
+    record = client.get(f"/v1/explanations/{explanation['id']}", headers=bearer).get_json()
+    assert record["explanations"][0]["shap"]["values"] == explanation["shap"]["values"]  # every digit
+    page = client.get(f"/review/explanations/{explanation['id']}", headers={**HTML, **bearer})
+    table = re.search(
+        r"<caption[^>]*>Contributions towards the predicted value.*?</tbody>",
+        page.get_data(as_text=True),
+        re.S,
+    )
+    assert table is not None
+    cells = [html.unescape(c) for c in re.findall(r"<td[^>]*>([^<]*)</td>", table.group(0))]
+    rows = [cells[i : i + 4] for i in range(0, len(cells), 4)]
+    values = explanation["shap"]["values"]
+    assert [r[0] for r in rows] == sorted(values, key=lambda k: -abs(values[k]))
+    for feature, value, contribution, _ in rows:
+        assert value == f"{row[0][feature]:.4g}", (feature, value)
+        assert contribution == f"{values[feature]:+.4g}", (feature, contribution)
+        assert contribution == words.signed(values[feature])

@@ -139,6 +139,9 @@ def test_log_in_filter_to_a_model_and_a_flag_and_open_a_record(page, site) -> No
     loaded = images(page)
     assert {Path(src).stem for src, _, _ in loaded} >= {"shap_waterfall", "shap_bar", "lime_weights"}
     assert all(complete and width > 0 for _, complete, width in loaded), loaded
+    contributions = page.locator("section[aria-labelledby=shap-h] td.num").all_inner_texts()
+    assert contributions and all(c == "0" or c[0] in "+-" for c in contributions), contributions
+    assert all(float(c.replace(",", "")) == float(f"{float(c.replace(',', '')):.4g}") for c in contributions)
     text = page.locator("main").inner_text()
     assert CASE in text and "needs review" in text and "outside the range" in text
     page.get_by_role("button", name="Re-verify").click()

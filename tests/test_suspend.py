@@ -9,7 +9,12 @@ import pytest
 from click.testing import CliRunner
 
 from explain_service.audit.store import AuditStore
-from explain_service.audit.suspensions import CACHE_SECONDS, Suspensions
+from explain_service.audit.suspensions import (
+    CACHE_SECONDS,
+    BadSuspensionReason,
+    SuspensionConflict,
+    Suspensions,
+)
 from explain_service.cli import main
 from tests.conftest import GERMAN_ROW
 from tests.test_access import auth, secured_app
@@ -139,3 +144,92 @@ def test_a_suspended_models_answer_is_a_sentence_not_a_failure_report(secured, c
         f"Request id {r.headers['X-Request-ID']}."
     )
     assert not [x for x in caplog.records if x.levelname == "ERROR"]
+
+
+def test_resume_answers_the_state_after_it_not_the_lifted_suspension(secured) -> None:
+    """Lifting one suspension may leave another in force: the answer says which, read after the resume."""
+    _, client, keys = secured
+    admin = auth(keys["admin"])
+    post = lambda path, body: client.post(f"/v1/models/{MODEL}{path}", json=body, headers=admin)  # noqa: E731
+    assert post("/versions/1:suspend", {"reason": "bad batch"}).status_code == 200
+    assert post(":suspend", {"reason": "all off"}).status_code == 200
+
+    version_resumed = post("/versions/1:resume", {})
+    assert version_resumed.status_code == 200, version_resumed.get_json()
+    answer = version_resumed.get_json()
+    assert answer["lifted"]["reason"] == "bad batch" and answer["lifted"]["scope"] == "version"
+    # version 1 still answers 503: its whole model is suspended
+    assert answer["suspended"] is True and answer["suspension"]["reason"] == "all off"
+    assert [s["reason"] for s in answer["in_force"]] == ["all off"]
+    assert predict(client, keys["explain"], "1").status_code == 503
+
+    assert post("/versions/1:suspend", {"reason": "bad batch again"}).status_code == 200
+    model_resumed = post(":resume", {}).get_json()
+    assert model_resumed["lifted"]["reason"] == "all off" and model_resumed["lifted"]["scope"] == "model"
+    assert model_resumed["suspended"] is False and model_resumed["suspension"] is None
+    assert [(s["scope"], s["reason"]) for s in model_resumed["in_force"]] == [("version", "bad batch again")]
+
+    last = post("/versions/1:resume", {}).get_json()
+    assert (last["suspended"], last["suspension"], last["in_force"]) == (False, None, [])
+    assert last["lifted"]["reason"] == "bad batch again"
+    assert predict(client, keys["explain"], "1").status_code == 200
+
+
+def register_reasoning_model(models_dir: Path) -> str:
+    """A tiny model whose name contains the word "reason", as a conflict message about it would."""
+    import numpy as np
+    import pandas as pd
+    from sklearn.linear_model import LogisticRegression
+
+    from explain_service.registry.store import register_model
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"x1": rng.normal(size=100), "x2": rng.normal(size=100)})
+    model = LogisticRegression().fit(frame, np.where(frame["x1"] > 0, "yes", "no"))
+    register_model(model, "treason-screen", background=frame.iloc[:30], models_dir=models_dir)
+    return "treason-screen"
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "status", "field"),
+    [
+        (None, {"reason": "   "}, 422, "reason"),
+        ({"reason": "first"}, {"reason": "second"}, 409, None),
+    ],
+    ids=["blank-reason-422", "already-suspended-409"],
+)
+def test_a_bad_reason_is_422_and_a_repeated_suspension_409_whatever_the_model_is_called(
+    tmp_path: Path, url: str, first, second, status: int, field: str | None
+) -> None:
+    """The status follows the error's type, not its wording: "treason" in a 409's message is no bad reason."""
+    name = register_reasoning_model(tmp_path / "models")
+    app = secured_app(tmp_path / "models", url, tmp_path)
+    admin = auth(app.extensions["explain_access"].keys.create("admin-key", "admin"))
+    client = app.test_client()
+    if first is not None:
+        assert client.post(f"/v1/models/{name}:suspend", json=first, headers=admin).status_code == 200
+    r = client.post(f"/v1/models/{name}:suspend", json=second, headers=admin)
+    answer = r.get_json()
+    assert r.status_code == status, answer
+    if field is None:
+        assert answer["message"] == f"model '{name}' is already suspended" and "reason" not in answer.get(
+            "errors", {}
+        )
+    else:
+        assert answer["errors"][field] == ["a suspension needs a reason"]
+    resumed = client.post(f"/v1/models/{name}:resume", json={}, headers=admin)
+    assert resumed.status_code == (200 if first is not None else 409)
+
+
+def test_the_store_raises_one_type_per_refusal(tmp_path: Path) -> None:
+    with AuditStore(f"sqlite:///{tmp_path / 'a.sqlite3'}") as store:
+        suspensions = Suspensions(store)
+        with pytest.raises(BadSuspensionReason, match="needs a reason"):
+            suspensions.suspend("reason", None, " \t", by=None)
+        with pytest.raises(BadSuspensionReason, match="at most 500 characters"):
+            suspensions.suspend("reason", None, "x" * 501, by=None)
+        suspensions.suspend("reason", "1", "why", by=None)
+        with pytest.raises(SuspensionConflict, match="model 'reason' version '1' is already suspended"):
+            suspensions.suspend("reason", "1", "why again", by=None)
+        with pytest.raises(SuspensionConflict, match="model 'reason' is not suspended"):
+            suspensions.resume("reason", None, by=None)

@@ -12,6 +12,7 @@ import hashlib
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from flask import Response, current_app, request
 from flask.views import MethodView
 
@@ -21,7 +22,7 @@ from explain_service.api.blueprint import Blueprint
 from explain_service.api.schemas import ErrorResponse
 from explain_service.errors import ValidationFailed
 from explain_service.fairness.audit import AuditPlan, answer, positive_class, resolve_sensitive
-from explain_service.fairness.data import audit_instances
+from explain_service.fairness.data import count_audit_rows, label_errors, validate_audit_rows
 from explain_service.fairness.groups import group_labels
 from explain_service.fairness.importance import GlobalImportance, global_importance
 from explain_service.fairness.record import store_audit
@@ -43,23 +44,47 @@ def _services() -> Any:
 
 def _audit(body: dict[str, Any], name: str, version: str | None) -> Any:
     services = _services()
-    limit = services.settings.fairness_max_rows
-    if len(body["instances"]) > limit:
-        raise ValidationFailed(
-            {"instances": [f"At most {limit} instances per audit; audit files with the CLI."]}
-        )
     model = services.registry.get(name, version)
     positive = positive_class(model)
+    frame, records, sensitive = _checked(body, model, services.settings.fairness_max_rows)
     plan = AuditPlan(
-        sensitive=resolve_sensitive(model, body["sensitive"], body["bins"]),
+        sensitive=sensitive,
         positive=positive,
         intersect=body["intersect"],
         resamples=body["resamples"],
         seed=body["seed"],
     )
-    acc, data = audit_instances(model, body["instances"], body["labels"], plan)
+    acc, data = count_audit_rows(model, frame, records, body["labels"], plan)
     result = answer(model, acc, None, data)
     return json_response(store_audit(services.audit, model, plan, None, result, caller_name()))
+
+
+def _checked(
+    body: dict[str, Any], model: Any, limit: int
+) -> tuple[Any, list[dict[str, Any]], dict[str, Any]]:
+    """Rows, records and groupings of a request, or one 422 naming every bad field at once.
+
+    Too many instances are refused before any is read; the groupings and labels are still checked.
+    """
+    errors: dict[str, list[str]] = {}
+    sensitive: dict[str, Any] = {}
+    try:
+        sensitive = resolve_sensitive(model, body["sensitive"], body["bins"])
+    except ValidationFailed as exc:
+        errors.update(exc.errors)
+    frame: pd.DataFrame | None = None
+    records: list[dict[str, Any]] = []
+    if len(body["instances"]) > limit:
+        errors["instances"] = [f"At most {limit} instances per audit; audit files with the CLI."]
+        errors.update(label_errors(model, body["labels"], len(body["instances"])))
+    else:
+        try:
+            frame, records = validate_audit_rows(model, body["instances"], body["labels"])
+        except ValidationFailed as exc:
+            errors.update(exc.errors)
+    if errors:
+        raise ValidationFailed(errors)
+    return frame, records, sensitive
 
 
 @blp.route("/<name>:fairness")

@@ -11,11 +11,18 @@ from typing import Any
 
 from flask import current_app
 from flask.views import MethodView
+from marshmallow import Schema, fields
 
 from explain_service.access import caller_name
 from explain_service.api import schemas
 from explain_service.api.blueprint import Blueprint
-from explain_service.audit.suspensions import SuspensionError, SuspensionNotRecorded, Suspensions
+from explain_service.audit.suspensions import (
+    BadSuspensionReason,
+    Suspension,
+    SuspensionConflict,
+    SuspensionNotRecorded,
+    Suspensions,
+)
 from explain_service.errors import AuditUnavailable, Conflict, ModelNotFound, ModelSuspended, ValidationFailed
 from explain_service.jsonio import json_response
 
@@ -28,6 +35,28 @@ blp = Blueprint(
 
 SUSPEND_REQUEST = schemas.SuspendRequest()
 RESUME_REQUEST = schemas.ResumeRequest()
+
+
+class ResumeAnswer(Schema):
+    """The state after a resumption, read back from the store (not the suspension it lifted)."""
+
+    suspended = fields.Boolean(
+        metadata={
+            "description": "Whether what was resumed still answers 503: a version stays stopped while its "
+            "whole model is suspended. False after resuming a whole model (versions' own suspensions are "
+            "listed in `in_force`)."
+        }
+    )
+    suspension = fields.Nested(
+        schemas.SuspensionSchema,
+        allow_none=True,
+        metadata={"description": "The suspension that still stops the resumed version, or null."},
+    )
+    lifted = fields.Nested(schemas.SuspensionSchema, metadata={"description": "The suspension just lifted."})
+    in_force = fields.List(
+        fields.Nested(schemas.SuspensionSchema),
+        metadata={"description": "Every suspension of the model still in force, the whole model's first."},
+    )
 
 
 def _suspensions() -> Suspensions:
@@ -48,7 +77,10 @@ def suspension_state(name: str, version: str) -> dict[str, Any] | None:
 
 
 def change_suspension(action: str, name: str, version: str | None, reason: str) -> dict[str, Any]:
-    """Suspend (``action="suspend"``) or resume ``name`` or its ``version``; the suspension as a dict.
+    """Suspend (``action="suspend"``) or resume ``name`` or its ``version``; the answer as a dict.
+
+    A suspension answers ``{"suspended": true, "suspension"}``; a resumption answers the state read
+    back after it (:func:`_state_after_resume`), since lifting one suspension may leave another in force.
 
     The one path for the JSON routes and the review pages' form, so both answer alike: 404 for a model
     or version that is not registered, 422 for a bad reason, 409 for a suspension already in that
@@ -64,21 +96,35 @@ def change_suspension(action: str, name: str, version: str | None, reason: str) 
             found = _suspensions().resume(name, version, by=caller_name(), reason=reason)
     except SuspensionNotRecorded as exc:
         raise AuditUnavailable(str(exc)) from None
-    except SuspensionError as exc:
-        if action == "suspend" and "reason" in str(exc):
-            raise ValidationFailed({"reason": [str(exc)]}) from None
+    except BadSuspensionReason as exc:
+        raise ValidationFailed({"reason": [str(exc)]}) from None
+    except SuspensionConflict as exc:
         raise Conflict(str(exc)) from None
-    return found.to_dict()
+    if action == "suspend":
+        return {"suspended": True, "suspension": found.to_dict()}
+    return _state_after_resume(name, version, found)
+
+
+def _state_after_resume(name: str, version: str | None, lifted: Suspension) -> dict[str, Any]:
+    """What is in force once ``lifted`` is gone, read now: a version may still be stopped by its model."""
+    in_force = _suspensions().of_model(name)
+    whole = next((s for s in in_force if s.version is None), None)
+    own = next((s for s in in_force if version is not None and s.version == version), None)
+    still = None if version is None else (whole or own)
+    return {
+        "suspended": still is not None,
+        "suspension": None if still is None else still.to_dict(),
+        "lifted": lifted.to_dict(),
+        "in_force": [s.to_dict() for s in in_force],
+    }
 
 
 def _suspend(body: dict[str, Any], name: str, version: str | None) -> Any:
-    found = change_suspension("suspend", name, version, body["reason"])
-    return json_response({"suspended": True, "suspension": found})
+    return json_response(change_suspension("suspend", name, version, body["reason"]))
 
 
 def _resume(body: dict[str, Any], name: str, version: str | None) -> Any:
-    lifted = change_suspension("resume", name, version, body.get("reason") or "")
-    return json_response({"suspended": False, "suspension": lifted})
+    return json_response(change_suspension("resume", name, version, body.get("reason") or ""))
 
 
 @blp.route("/<name>:suspend")
@@ -96,11 +142,11 @@ class SuspendView(MethodView):
 @blp.route("/<name>:resume")
 class ResumeView(MethodView):
     @blp.arguments(RESUME_REQUEST)
-    @blp.response(200, schemas.SuspensionAnswer)
+    @blp.response(200, ResumeAnswer)
     @blp.alt_response(404, schema=schemas.ErrorResponse)
     @blp.alt_response(409, schema=schemas.ErrorResponse)
     def post(self, body: dict[str, Any], name: str) -> Any:
-        """Lift a whole-model suspension (a version's own suspension stays)."""
+        """Lift a whole-model suspension (a version's own suspension stays); answer what stays in force."""
         return _resume(body, name, None)
 
 
@@ -119,9 +165,9 @@ class SuspendVersionView(MethodView):
 @blp.route("/<name>/versions/<version>:resume")
 class ResumeVersionView(MethodView):
     @blp.arguments(RESUME_REQUEST)
-    @blp.response(200, schemas.SuspensionAnswer)
+    @blp.response(200, ResumeAnswer)
     @blp.alt_response(404, schema=schemas.ErrorResponse)
     @blp.alt_response(409, schema=schemas.ErrorResponse)
     def post(self, body: dict[str, Any], name: str, version: str) -> Any:
-        """Lift one version's own suspension."""
+        """Lift one version's own suspension; answer whether the version is still stopped by its model."""
         return _resume(body, name, version)

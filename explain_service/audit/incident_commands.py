@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from explain_service import counts
 from explain_service.config import Settings
 
 
@@ -59,7 +60,7 @@ def incidents_export(
     except AuditError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    click.echo(f"{count} incidents{' (redacted)' if withheld else ''}", err=True)
+    click.echo(f"{counts.count(count, 'incident')}{' (redacted)' if withheld else ''}", err=True)
 
 
 @incidents.command("verify")
@@ -79,6 +80,7 @@ def incidents_verify(path: str) -> None:
     if not check.ok:
         sys.exit(1)
     click.echo(
-        f"ok: {check.incidents} incidents verify against their chain hashes; {check.opened} inputs opened, "
+        f"ok: {counts.count(check.incidents, 'incident')} verified by chain hash; "
+        f"{counts.count(check.opened, 'input')} opened, "
         f"{check.withheld} withheld; head {trailer.get('head_hash')} (seq {trailer.get('head_seq')})"
     )

@@ -25,8 +25,8 @@ Public interface (stable; the reviewer pages build on it)::
     suspensions = Suspensions(store)             # app.extensions["explain"].suspensions in the app
     suspensions.active(name, version) -> Suspension | None   # cached <= 1 s; what the request path asks
     suspensions.of_model(name) -> list[Suspension]           # read now; the whole model's first
-    suspensions.suspend(name, version | None, reason, by=) -> Suspension   # SuspensionError if already
-    suspensions.resume(name, version | None, by=, reason="") -> Suspension  # SuspensionError if not
+    suspensions.suspend(name, version | None, reason, by=) -> Suspension   # SuspensionConflict if already
+    suspensions.resume(name, version | None, by=, reason="") -> Suspension  # SuspensionConflict if not
     Suspension(name, version, reason, by, since, record_id).scope -> "model" | "version"
 """
 
@@ -67,7 +67,23 @@ suspensions = Table(
 
 
 class SuspensionError(Exception):
-    """A suspension or resumption cannot be done as asked (already suspended, not suspended, no reason)."""
+    """A suspension or resumption cannot be done as asked; the subclass says why.
+
+    ::
+
+        SuspensionError
+         ├── BadSuspensionReason     no reason, or a reason too long          (HTTP 422, field "reason")
+         ├── SuspensionConflict      already suspended / not suspended         (HTTP 409)
+         └── SuspensionNotRecorded   the audit record could not be written     (HTTP 503)
+    """
+
+
+class BadSuspensionReason(SuspensionError):
+    """The reason is missing, blank or longer than :data:`MAX_REASON`."""
+
+
+class SuspensionConflict(SuspensionError):
+    """The model or version is already in the state asked for (already suspended, or not suspended)."""
 
 
 class SuspensionNotRecorded(SuspensionError):
@@ -140,9 +156,9 @@ class Suspensions:
         """Suspend ``name`` (every version when ``version`` is None); refused if it is already suspended."""
         reason = (reason or "").strip()
         if not reason:
-            raise SuspensionError("a suspension needs a reason")
+            raise BadSuspensionReason("a suspension needs a reason")
         if len(reason) > MAX_REASON:
-            raise SuspensionError(f"a reason is at most {MAX_REASON} characters")
+            raise BadSuspensionReason(f"a reason is at most {MAX_REASON} characters")
         key = version or WHOLE_MODEL
         since = utc_text(datetime.now(UTC))
         try:
@@ -151,7 +167,7 @@ class Suspensions:
                     insert(suspensions).values(name=name, version=key, reason=reason, by=by, since=since)
                 )
         except IntegrityError:
-            raise SuspensionError(f"{_what(name, version)} is already suspended") from None
+            raise SuspensionConflict(f"{_what(name, version)} is already suspended") from None
         self._cache.pop(name, None)
         # The suspension stands even if its record cannot be written: stopping is the safe side.
         record_id = self._record("suspend", name, version, reason, by)
@@ -171,7 +187,7 @@ class Suspensions:
                 select(suspensions).where(suspensions.c.name == name, suspensions.c.version == key)
             ).first()
         if row is None:
-            raise SuspensionError(f"{_what(name, version)} is not suspended")
+            raise SuspensionConflict(f"{_what(name, version)} is not suspended")
         self._record("resume", name, version, reason.strip(), by)  # recorded first: no record, no resumption
         with _unavailable(), self._ready_engine().begin() as conn:
             conn.execute(delete(suspensions).where(suspensions.c.name == name, suspensions.c.version == key))

@@ -40,6 +40,7 @@ import click
 import orjson
 
 from explain_service.config import Settings
+from explain_service.model_ref import parse_model_ref
 
 HELP = """Explain every row of a CSV or Parquet file into a Parquet file.
 
@@ -93,13 +94,6 @@ must be in the input and must not be model features (ids are never fed to
 the model); their values go into each audit record's body under
 "batch": {"job", "row", "ids": {COL: value}}.
 """
-
-
-def _parse_model(value: str) -> tuple[str, str | None]:
-    name, _, version = value.partition("@")
-    if not name or (value.endswith("@") and not version):
-        raise click.BadParameter("expected NAME or NAME@VERSION", param_hint="--model")
-    return name, version or None
 
 
 @click.command("batch", help=HELP, context_settings={"help_option_names": ["-h", "--help"]})
@@ -196,7 +190,7 @@ def batch(
     from explain_service.batch.job import JobFailed, JobRefused, JobSpec, run_job
     from explain_service.batch.progress import Progress
 
-    name, version = _parse_model(model_ref)
+    name, version = parse_model_ref(model_ref)
     if scheduler and engine != "dask":
         raise click.BadParameter("--scheduler needs --engine dask", param_hint="--scheduler")
     options: dict = {}

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
+from explain_service.counts import count
+
 
 @dataclass
 class Summary:
@@ -42,8 +44,8 @@ class Summary:
     def line(self) -> str:
         resumed = f", {self.resumed_chunks} taken over from an earlier run" if self.resumed_chunks else ""
         return (
-            f"done: {self.rows:,} rows ({self.written:,} explained, {self.rejected:,} rejected) "
-            f"in {self.chunks:,} chunks{resumed}, {self.seconds:.1f} s, {self.rows_per_second:,.0f} rows/s "
+            f"done: {count(self.rows, 'row')} ({self.written:,} explained, {self.rejected:,} rejected) "
+            f"in {count(self.chunks, 'chunk')}{resumed}, {self.seconds:.1f} s, {self.rows_per_second:,.0f} rows/s "
             f"[{self.engine}] -> {self.output}"
             + (f"; rejected rows in {self.rejected_path}" if self.rejected else "")
         )

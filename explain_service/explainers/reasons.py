@@ -16,19 +16,34 @@ MAX_REASONS = 4
 
 
 def feature_label(feature: Feature) -> str:
-    """``credit_amount`` -> ``Credit amount`` (or the manifest's description)."""
-    if feature.description:
-        return feature.description
-    text = feature.name.replace("_", " ").strip()
-    return text[:1].upper() + text[1:]
+    """The manifest's description of ``feature`` if it has one, else its name as registered.
+
+    Names are not re-cased: ``bmi`` stays ``bmi`` (not ``Bmi``), and the sentence names the
+    same feature as the ``feature`` field and the plots beside it.
+    """
+    return feature.description or feature.name
 
 
 def _value_text(feature: Feature, value: Any) -> str:
     if value is None or (isinstance(value, float) and value != value):
         return "missing"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if feature.kind == "numeric" and isinstance(value, float):
         return f"{value:g}"
     return str(value)
+
+
+def _sentence(feature: Feature, value: Any, outcome: str) -> str:
+    """``"duration of 48 raised ..."`` for a quantity, ``"checking_account: little raised ..."`` otherwise.
+
+    "of" reads naturally only before an amount; a category, a yes/no or a missing value is
+    stated after a colon instead ("checking_account: little", not "checking_account of little").
+    """
+    text = _value_text(feature, value)
+    if feature.kind in ("numeric", "integer") and text != "missing":
+        return f"{feature_label(feature)} of {text} {outcome}"
+    return f"{feature_label(feature)}: {text} {outcome}"
 
 
 def reasons(
@@ -59,7 +74,7 @@ def reasons(
                     "feature": name,
                     "value": instance[name],
                     "contribution": value,
-                    "text": f"{feature_label(f)} of {_value_text(f, instance[name])} {verb} the prediction",
+                    "text": _sentence(f, instance[name], f"{verb} the prediction"),
                 }
             )
         return out
@@ -79,7 +94,7 @@ def reasons(
                 "feature": name,
                 "value": instance[name],
                 "contribution": strength,
-                "text": f"{feature_label(f)} of {_value_text(f, instance[name])} {outcome}",
+                "text": _sentence(f, instance[name], outcome),
             }
         )
     return result

@@ -10,6 +10,8 @@ import click
 import orjson
 
 from explain_service.config import Settings
+from explain_service.counts import count
+from explain_service.model_ref import parse_model_ref
 
 HELP = """Audit a model for bias on a labelled CSV or Parquet file.
 
@@ -111,10 +113,10 @@ def fairness(
     from explain_service.fairness.record import store_audit
     from explain_service.registry.store import ModelRegistry
 
-    name, _, version = model_ref.partition("@")
+    name, version = parse_model_ref(model_ref)
     names = [s.strip() for s in sensitive.split(",") if s.strip()] if sensitive else None
     try:
-        model = ModelRegistry(settings.models_dir).get(name, version or None)
+        model = ModelRegistry(settings.models_dir).get(name, version)
         positive = positive_class(model)
         extra = file_columns(model, data_path, label)
         plan = AuditPlan(
@@ -193,5 +195,5 @@ def _summary(result: dict[str, Any]) -> str:
             f"  {feature}: demographic parity ratio {ratio if ratio is None else f'{ratio:.3f}'}{flag}"
         )
     data = result["data"]
-    head = f"audit {result['id']}: {data['used']} rows used, {data['rejected']} rejected"
+    head = f"audit {result['id']}: {count(data['used'], 'row')} used, {data['rejected']} rejected"
     return "\n".join([head, *parts])

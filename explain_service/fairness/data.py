@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from explain_service.audit.chain import canonical_json
 from explain_service.batch.compute import RawChunk, typed_frame
@@ -37,7 +38,15 @@ from explain_service.validation import validate_instances
 DEFAULT_CHUNK_SIZE = 50_000
 REJECTED_EXAMPLES = 5
 
-__all__ = ["DEFAULT_CHUNK_SIZE", "InputError", "audit_file", "audit_instances", "file_columns"]
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "InputError",
+    "audit_file",
+    "count_audit_rows",
+    "file_columns",
+    "label_errors",
+    "validate_audit_rows",
+]
 
 
 def file_columns(model: LoadedModel, path: Path, label: str) -> list[str]:
@@ -122,21 +131,39 @@ def _count_chunk(
     return bad
 
 
-def audit_instances(
-    model: LoadedModel, instances: Sequence[Any], labels: Any, plan: AuditPlan
-) -> tuple[CountAccumulator, dict[str, Any]]:
-    """Count validated request rows; raise :class:`ValidationFailed` naming bad rows or labels."""
-    frame, records = validate_instances(model, list(instances))
-    if not isinstance(labels, list) or len(labels) != len(records):
-        raise ValidationFailed({"labels": [f"Give one label per instance ({len(records)})."]})
+def label_errors(model: LoadedModel, labels: Any, count: int) -> dict[str, list[str]]:
+    """What is wrong with the labels of ``count`` request rows: ``labels`` or ``labels.<i>`` -> messages."""
+    if not isinstance(labels, list) or len(labels) != count:
+        return {"labels": [f"Give one label per instance ({count})."]}
     names = model.class_names
-    errors = {
+    return {
         f"labels.{i}": [f"Not a class name of the model ({', '.join(names)})."]
         for i, value in enumerate(labels)
         if not isinstance(value, str) or value not in names
     }
+
+
+def validate_audit_rows(
+    model: LoadedModel, instances: Sequence[Any], labels: Any
+) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+    """The typed rows and clean records of a request's instances, checked with their labels.
+
+    Raises one :class:`ValidationFailed` naming every bad instance field and every bad label.
+    """
+    errors = label_errors(model, labels, len(instances))
+    try:
+        frame, records = validate_instances(model, list(instances))
+    except ValidationFailed as exc:
+        raise ValidationFailed({**exc.errors, **errors}) from None
     if errors:
         raise ValidationFailed(errors)
+    return frame, records
+
+
+def count_audit_rows(
+    model: LoadedModel, frame: pd.DataFrame, records: list[dict[str, Any]], labels: list[str], plan: AuditPlan
+) -> tuple[CountAccumulator, dict[str, Any]]:
+    """Count rows already checked by :func:`validate_audit_rows`; the audit's data description."""
     columns = columns_from_records(model.schema, records)
     rows = model.prepare(frame, columns)
     acc = CountAccumulator(plan)

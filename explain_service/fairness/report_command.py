@@ -9,6 +9,8 @@ from pathlib import Path
 
 import click
 
+from explain_service.model_ref import parse_model_ref
+
 HELP = """Write the transparency report of a model version.
 
 \b
@@ -56,7 +58,7 @@ def report(
         raise click.BadParameter("the output ends in .html, .pdf or .json", param_hint="--output")
     if (data is None) != (label is None):
         raise click.BadParameter("--data and --label go together")
-    name, _, version = target.partition("@")
+    name, version = parse_model_ref(target)
     started = time.monotonic()
     _step(f"loading {target} and the audit database")
     overrides = {"models_dir": models_dir, "database_url": database_url, "eager_load": False, "auth": "off"}
@@ -67,12 +69,12 @@ def report(
         try:
             perf = None
             if data is not None and label is not None:
-                model = services.registry.get(name, version or None)
+                model = services.registry.get(name, version)
                 _step(f"measuring performance on {data}")
                 rows, labels, digest = read_labelled(data, label)
                 perf = performance(model, rows, labels, digest)
             _step("reading the audit figures and computing global importance over the background")
-            found = report_for(services, name, version or None, performance=perf)
+            found = report_for(services, name, version, performance=perf)
         except ServiceError as exc:
             raise click.ClickException(exc.message) from None
         except ValueError as exc:

@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.font_manager import FontProperties, findfont, get_font
 from matplotlib.ft2font import LoadFlags
 
+from explain_service.counts import count as count  # re-exported: the plots name rows and features
 from explain_service.plots._text import GlyphText, advance_width
 
 DPI = 100
@@ -180,11 +181,6 @@ def feature_label(name: str, instance: Mapping[str, Any]) -> str:
     if name not in instance:
         return short
     return f"{short} = {format_feature_value(instance[name])}"
-
-
-def count(n: int, noun: str) -> str:
-    """``"1 feature"``, ``"2,000 samples"``."""
-    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
 
 
 def model_text(model: Mapping[str, Any]) -> str:

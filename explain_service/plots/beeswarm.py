@@ -4,7 +4,9 @@ Features are ranked by mean |SHAP| (largest on top). Dots that would overlap are
 up and down from the feature's line, so the width of a swarm shows how many rows have that
 value; a dot's colour is the row's value of the feature, from low (blue) to high (orange),
 as its percentile within the reference set (categorical and boolean features are grey:
-their values have no order).
+their values have no order). The waterfall and bar charts use the same two colours for
+"raised" and "lowered", so the colour bar and a line under the title say that here they mean
+the feature's value.
 """
 
 from __future__ import annotations
@@ -17,9 +19,26 @@ import pandas as pd
 from matplotlib.colors import LinearSegmentedColormap
 from matplotlib.figure import Figure
 
-from explain_service.plots._style import DOWN, INK, MUTED, NEUTRAL, RULE, UP, font, new_figure, truncate
+from explain_service.plots._style import (
+    DOWN,
+    INK,
+    MUTED,
+    NEUTRAL,
+    RULE,
+    UP,
+    count,
+    font,
+    new_figure,
+    truncate,
+)
 
 ROW_HEIGHT = 0.42
+TOP = 0.75  # inches above the axes: the title and the line that says what colour means
+COLOUR_MEANING = (
+    "Colour: the row's value of the feature (grey: categories, which have no order), "
+    "not whether it raised or lowered the output."
+)
+COLOUR_BAR_LABEL = "feature value: low \u2192 high"
 BINS = 80
 COLOURS = LinearSegmentedColormap.from_list("low-high", [DOWN, "#b0b0b0", UP])
 
@@ -85,9 +104,9 @@ def beeswarm(
     names = list(rows.columns)
     mean_abs = np.abs(values).mean(axis=0) if len(values) else np.zeros(len(names))
     order = sorted(range(len(names)), key=lambda j: (-float(mean_abs[j]), names[j]))[:max_display]
-    fig = new_figure(1.3 + ROW_HEIGHT * len(order), width=8.0)
+    fig = new_figure(0.8 + TOP + ROW_HEIGHT * len(order), width=8.0)
     height = fig.get_figheight()
-    ax = fig.add_axes((0.25, 0.75 / height, 0.62, 1 - 1.25 / height))
+    ax = fig.add_axes((0.25, 0.75 / height, 0.62, 1 - (0.75 + TOP) / height))
     rng = np.random.default_rng(seed)
     for pos, j in enumerate(order):
         x = values[:, j]
@@ -117,14 +136,16 @@ def beeswarm(
     fig.text(
         0.02,
         1 - 0.28 / height,
-        f"SHAP summary \u2014 {model.get('name', '')} v{model.get('version', '')} ({len(values)} rows)",
+        f"SHAP summary \u2014 {model.get('name', '')} v{model.get('version', '')} ({count(len(values), 'row')})",
         fontproperties=font(12.0, "bold"),
         color=INK,
     )
-    bar = fig.add_axes((0.9, 0.75 / height, 0.015, 1 - 1.25 / height))
+    fig.text(0.02, 1 - 0.52 / height, COLOUR_MEANING, fontproperties=font(8.5), color=MUTED)
+    bar = fig.add_axes((0.89, 0.75 / height, 0.015, 1 - (0.75 + TOP) / height))
     bar.imshow(np.linspace(1, 0, 100)[:, None], aspect="auto", cmap=COLOURS, extent=(0, 1, 0, 1))
     bar.set_xticks([])
     bar.set_yticks([0, 1], ["low", "high"], fontproperties=font(8.5))
     bar.yaxis.tick_right()
-    bar.set_title("value", fontproperties=font(8.5), color=MUTED)
+    bar.yaxis.set_label_position("right")
+    bar.set_ylabel(COLOUR_BAR_LABEL, fontproperties=font(8.5), color=INK, rotation=90, labelpad=2)
     return fig

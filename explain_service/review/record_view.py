@@ -106,7 +106,7 @@ class RecordView:
         rows = [
             {
                 "feature": name,
-                "value": instance.get(name),
+                "value": words.feature_value(instance.get(name)),
                 "contribution": words.signed(v),
                 "effect": words.effect(v, shap.get("target")),
             }

@@ -26,6 +26,7 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from explain_service.api.incidents import create
 from explain_service.audit.incidents import HARM_TYPES, SEVERITIES, incident_json, is_incident
+from explain_service.counts import count
 from explain_service.errors import NotFound, ValidationFailed
 from explain_service.fairness.monitor import disparity, monitored_versions
 from explain_service.fairness.reporting import importance_of, report_for
@@ -40,6 +41,12 @@ IMAGES = ("importance", "beeswarm")
 
 def _services() -> Any:
     return current_app.extensions["explain"]
+
+
+@blp.app_template_filter("counted")
+def counted(n: Any, noun: str, plural: str | None = None) -> str:
+    """``{{ rows|counted('row') }}`` -> ``1 row``, ``2,000 rows``."""
+    return count(int(n), noun, plural)
 
 
 @blp.app_template_filter("report_num")

@@ -56,6 +56,22 @@ def percent(p: Any, digits: int = 1) -> str:
     return f"{100 * p:.{digits}f}%"
 
 
+def figures(value: float, digits: int = 4, *, sign: bool = False) -> str:
+    """``value`` with ``digits`` significant digits, fixed-point where readable.
+
+    0.123456789012 -> '0.1235', 22.0682 -> '22.07', 12345.6 -> '12,346', 0.0000123 -> '1.23e-05';
+    with ``sign``, a non-zero value shows its sign ('+0.1235', '-4.628').
+    """
+    if value == 0:
+        return "0"
+    magnitude = math.floor(math.log10(abs(value)))
+    plus = "+" if sign else ""
+    if -4 <= magnitude < 15:
+        text = f"{value:{plus},.{max(0, digits - 1 - magnitude)}f}"
+        return text.rstrip("0").rstrip(".") if "." in text else text
+    return f"{value:{plus}.{digits - 1}e}"
+
+
 def number(value: Any, digits: int = 4) -> str:
     """A number with ``digits`` significant digits; anything else as text."""
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -67,11 +83,24 @@ def number(value: Any, digits: int = 4) -> str:
     return f"{value:.{digits}g}"
 
 
-def signed(value: Any, digits: int = 3) -> str:
-    """+0.734 / -0.367."""
+def signed(value: Any, digits: int = 4) -> str:
+    """A contribution with ``digits`` significant digits and its sign: '+0.7341', '-22.07'."""
     if not isinstance(value, int | float) or isinstance(value, bool):
         return "—"
-    return f"{value:+.{digits}f}"
+    if not math.isfinite(value):
+        return str(value)
+    return figures(float(value), digits, sign=True)
+
+
+def feature_value(raw: Any, digits: int = 4) -> str:
+    """A feature value as a reviewer reads it: '48', '0.0617', 'little', 'yes', 'missing'."""
+    if raw is None or (isinstance(raw, float) and math.isnan(raw)):
+        return "missing"
+    if isinstance(raw, bool):
+        return "yes" if raw else "no"
+    if isinstance(raw, float) and math.isfinite(raw):
+        return str(int(raw)) if raw.is_integer() and abs(raw) < 1e15 else figures(raw, digits)
+    return str(raw)
 
 
 def when(moment: datetime | None) -> str:
