@@ -15,8 +15,9 @@ Series (names as exposed):
 
 - ``explain_requests_total{endpoint,method,status}`` and ``explain_request_seconds{endpoint}``: as before
 - ``explain_request_duration_seconds{route,model,methods}``: request latency
-- ``explain_audit_append_seconds`` and ``explain_audit_append_records``: one observation per append
-  (:func:`observe_audit_append`, fed by whichever code appends: the recorder, a group commit)
+- ``explain_audit_append_seconds`` and ``explain_audit_append_records``: one observation per audit
+  commit (:func:`observe_audit_append`, fed by the audit store's commit groups, ``audit/group.py``:
+  one commit may hold the records of several concurrent requests; the recorder only hands them over)
 - ``explain_audit_chain_head_seq``: the newest record's seq this process has seen (max over workers)
 - ``explain_shap_additivity_residual{model}`` (absolute value) and ``explain_lime_score{model}``
   (local R²): per recorded explanation
@@ -104,7 +105,7 @@ BUDGET_REASON = "the time budget ran out"
 
 
 def observe_audit_append(seconds: float, records: int, head_seq: int | None = None) -> None:
-    """One append (one transaction) of ``records`` records that took ``seconds``; ``head_seq`` the new head."""
+    """One commit (one transaction) of ``records`` records that took ``seconds``; ``head_seq`` the new head."""
     append_seconds, append_records, head = _audit_metrics()
     append_seconds.observe(seconds)
     append_records.observe(records)
@@ -136,6 +137,30 @@ def observe_explanations(model: str, explanations: Iterable[dict[str, Any]]) -> 
                 COUNTERFACTUALS.labels(model, "false").inc(found - valid)
             cut = str(cf.get("message", "")).endswith(BUDGET_REASON)
             CF_SEARCHES.labels(model, "budget_exhausted" if cut else "complete").inc()
+
+
+_REQUEST_SERIES: dict[tuple[str, str, str, str, str], tuple[Any, Any, Any]] = {}
+
+
+def observe_request(route: str, method: str, status: str, model: str, methods: str, seconds: float) -> None:
+    """One answered request in the three request series (labels as the module docstring says).
+
+    The labelled children are looked up once per label set and kept: the labels come from small
+    fixed sets, and ``labels()`` costs more than the observations it leads to.
+    """
+    key = (route, method, status, model, methods)
+    series = _REQUEST_SERIES.get(key)
+    if series is None:
+        series = (
+            REQUESTS.labels(route, method, status),
+            LATENCY.labels(route),
+            REQUEST_DURATION.labels(route, model, methods),
+        )
+        _REQUEST_SERIES[key] = series
+    count, latency, duration = series
+    count.inc()
+    latency.observe(seconds)
+    duration.observe(seconds)
 
 
 def rate_limited(kind: str) -> None:

@@ -65,11 +65,10 @@ class ExplainService:
     # -- predictions --------------------------------------------------------------------------------
     def predict(self, model: LoadedModel, rows: Rows) -> Prediction:
         """The model's own predictions, in the contract's shape."""
-        X = model.matrix_of(rows)
         if not model.is_classifier:
-            values = model.value_matrix(X)
+            values = model.predict_value(rows)
             return Prediction([{"value": float(v)} for v in values], None, values=values)
-        proba = model.proba_matrix(X)
+        proba = model.predict_proba(rows)
         classes = proba.argmax(axis=1)
         names = model.class_names
         answers = [

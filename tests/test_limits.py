@@ -62,6 +62,18 @@ def test_an_empty_limit_disables_limiting(demo_models_dir: Path, tmp_path: Path)
     assert {app.test_client().get(CHEAP, headers=a).status_code for _ in range(10)} == {200}
 
 
+def test_rate_limit_headers_come_with_a_limit_and_only_then(demo_models_dir: Path, tmp_path: Path) -> None:
+    limited = make(demo_models_dir, tmp_path, ratelimit_default="100/minute")
+    unlimited = make(demo_models_dir, tmp_path, ratelimit_default="")
+    (a,) = keys(limited, "a")
+    r = limited.test_client().get(CHEAP, headers=a)
+    assert (r.headers["X-RateLimit-Limit"], r.headers["X-RateLimit-Remaining"]) == ("100", "99")
+    assert "Retry-After" not in r.headers
+    r = unlimited.test_client().get(CHEAP, headers=a)
+    assert r.status_code == 200
+    assert not [k for k, _ in r.headers.items() if k.lower().startswith("x-ratelimit") or k == "Retry-After"]
+
+
 def test_an_explain_costs_by_instances_and_methods(demo_models_dir: Path, tmp_path: Path) -> None:
     tree = {"instances": [GERMAN_ROW] * 3, "methods": ["shap"]}
     assert measure(tree, agnostic=False, max_instances=100) == Work(units=3)
@@ -122,6 +134,25 @@ def test_redis_storage_shares_one_budget_between_workers(demo_models_dir: Path, 
     first, second = first_app.test_client(), second_app.test_client()
     statuses = [c.get(CHEAP, headers=a).status_code for c in (first, second, first, second, first, second)]
     assert statuses == [200, 200, 200, 200, 429, 429]
+
+
+@pytest.mark.skipif(not os.environ.get("EXPLAIN_TEST_REDIS_URL"), reason="EXPLAIN_TEST_REDIS_URL is not set")
+def test_without_a_rate_limit_the_quota_is_still_shared_through_redis(
+    demo_models_dir: Path, tmp_path: Path
+) -> None:
+    shared = {
+        "ratelimit_default": "",
+        "ratelimit_storage_uri": os.environ["EXPLAIN_TEST_REDIS_URL"],
+        "counterfactual_daily_quota": 3,
+    }
+    first_app = make(demo_models_dir, tmp_path, **shared)
+    (a,) = keys(first_app, f"quota-{uuid.uuid4().hex[:12]}")  # the quota's keys carry no prefix
+    second_app = make(demo_models_dir, tmp_path, **shared)
+    body = {"instances": [GERMAN_ROW] * 2, "methods": ["counterfactual"],
+            "options": {"counterfactual": {"count": 1, "time_budget_ms": 50}}}  # fmt: skip
+    path = "/v1/models/german-credit:explain"
+    assert first_app.test_client().post(path, json=body, headers=a).status_code == 200
+    assert second_app.test_client().post(path, json=body, headers=a).status_code == 429
 
 
 def test_the_in_process_store_admits_exactly_what_limits_own_memory_store_admits(monkeypatch) -> None:

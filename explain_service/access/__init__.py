@@ -35,6 +35,7 @@ from explain_service.access.keys import ApiKey, KeyAdminError, KeyStore
 from explain_service.audit.store import AuditStore
 from explain_service.config import Settings
 from explain_service.errors import ServiceError
+from explain_service.registry.model import LoadedModel
 
 __all__ = [
     "Access",
@@ -46,6 +47,7 @@ __all__ = [
     "current_principal",
     "has_role",
     "init_app",
+    "requested_model",
     "require_owner",
 ]
 
@@ -77,6 +79,17 @@ def init_app(app: Flask, settings: Settings, audit: AuditStore) -> Access:
     return state
 
 
+def requested_model(name: str, version: str | None) -> LoadedModel:
+    """The registry's model ``name`` (``version``, else the newest healthy one), looked up once per
+    request: the cost measure and the view that answers read the same loaded version."""
+    found = g.get("requested_model")
+    if found is not None and found[0] == (name, version):
+        return found[1]  # type: ignore[no-any-return]
+    model: LoadedModel = current_app.extensions["explain"].registry.get(name, version)
+    g.requested_model = ((name, version), model)
+    return model
+
+
 def _measure() -> None:
     """Measure an ``:explain`` body's declared work (for the limits) and refuse it over budget."""
     if request.endpoint not in costs.EXPLAIN_ENDPOINTS:
@@ -84,7 +97,7 @@ def _measure() -> None:
     services = current_app.extensions["explain"]
     view_args = request.view_args or {}
     try:
-        model = services.registry.get(view_args.get("name"), view_args.get("version"))
+        model = requested_model(view_args["name"], view_args.get("version"))
         agnostic: bool | None = model.family == "agnostic"
     except ServiceError:
         agnostic = None  # the view answers 404

@@ -10,7 +10,8 @@ counterfactual instances a key may ask for in any 24 hours.
 Both live in ``EXPLAIN_RATELIMIT_STORAGE_URI``: ``memory://`` counts per worker process (in
 :mod:`.memory`'s store, not limits' own, which starts a thread per request), ``redis://...`` one
 budget for every worker and host. A breach answers 429 in the JSON error shape with
-``Retry-After``.
+``Retry-After``. With no rate limit set, flask-limiter is not installed (its hooks would search every
+request for a limit and find none) and the quota counts in the storage by itself.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from flask import Flask, current_app, g, request
 from flask_limiter import Limiter, RequestLimit
 from flask_limiter.util import get_remote_address
 from limits import parse
+from limits.storage import storage_from_string
+from limits.strategies import MovingWindowRateLimiter, RateLimiter
 
 from explain_service import metrics
 from explain_service.access import memory
@@ -49,25 +52,35 @@ def exempt() -> bool:
     return request.endpoint is not None and rule_for(request.endpoint).role == "public"
 
 
-def init_app(app: Flask, settings: Settings) -> Limiter:
-    """The limiter (in ``app.extensions["explain_limiter"]``) and the quota check after it."""
+def init_app(app: Flask, settings: Settings) -> Limiter | None:
+    """The limiter (in ``app.extensions["explain_limiter"]``, None without a rate limit) and the quota
+    check after it (counting in ``app.extensions["explain_quota"]``)."""
     limits = [part.strip() for part in settings.ratelimit_default.split(";") if part.strip()]
     storage_uri = settings.ratelimit_storage_uri
     if storage_uri.split("://", 1)[0] == "memory":
         storage_uri = f"{memory.SCHEME}://"
-    limiter = Limiter(
-        rate_key,
-        app=app,
-        application_limits=limits,  # type: ignore[arg-type]
-        application_limits_cost=request_units,
-        application_limits_exempt_when=exempt,
-        storage_uri=storage_uri,
-        strategy="moving-window",
-        headers_enabled=True,
-        key_prefix=settings.ratelimit_key_prefix,
-        on_breach=_breached,
-    )
+    limiter: Limiter | None = None
+    counter: RateLimiter
+    if limits:
+        limiter = Limiter(
+            rate_key,
+            app=app,
+            application_limits=limits,  # type: ignore[arg-type]
+            application_limits_cost=request_units,
+            application_limits_exempt_when=exempt,
+            storage_uri=storage_uri,
+            strategy="moving-window",
+            headers_enabled=True,
+            key_prefix=settings.ratelimit_key_prefix,
+            on_breach=_breached,
+        )
+        counter = limiter.limiter
+    else:
+        # No limit applies to any route: flask-limiter's hooks would look for one on every request
+        # (about 0.1 ms) and find none. The quota counts in the same storage, on its own.
+        counter = MovingWindowRateLimiter(storage_from_string(storage_uri))
     app.extensions["explain_limiter"] = limiter
+    app.extensions["explain_quota"] = counter
     app.before_request(charge_counterfactual_quota)
     return limiter
 
@@ -82,12 +95,12 @@ def charge_counterfactual_quota() -> None:
     quota = current_app.extensions["explain"].settings.counterfactual_daily_quota
     if not isinstance(work, Work) or work.counterfactual_instances == 0 or quota <= 0:
         return
-    limiter: Limiter = current_app.extensions["explain_limiter"]
+    counter: RateLimiter = current_app.extensions["explain_quota"]
     item = parse(f"{quota}/day")
     key = rate_key()
-    if limiter.limiter.hit(item, QUOTA_SCOPE, key, cost=work.counterfactual_instances):
+    if counter.hit(item, QUOTA_SCOPE, key, cost=work.counterfactual_instances):
         return
-    stats = limiter.limiter.get_window_stats(item, QUOTA_SCOPE, key)
+    stats = counter.get_window_stats(item, QUOTA_SCOPE, key)
     retry = max(1, math.ceil(stats.reset_time - time.time()))
     metrics.rate_limited("quota")
     raise TooManyRequests(

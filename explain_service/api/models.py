@@ -8,7 +8,7 @@ from flask import current_app
 from flask.views import MethodView
 
 from explain_service import logs
-from explain_service.access import caller_name, has_role
+from explain_service.access import caller_name, has_role, requested_model
 from explain_service.api import schemas
 from explain_service.api.blueprint import Blueprint
 from explain_service.api.suspensions import check_not_suspended, suspension_state
@@ -34,7 +34,7 @@ def _services() -> Any:
 
 
 def _model(name: str, version: str | None) -> LoadedModel:
-    model: LoadedModel = _services().registry.get(name, version)
+    model = requested_model(name, version)
     logs.note(model=model.name, version=model.version)
     return model
 

@@ -75,14 +75,12 @@ def _finish(response: Response) -> Response:
     endpoint, method, status = metric_labels(response.status_code)
     started = g.get("started")
     elapsed = time.perf_counter() - started if started is not None else 0.0
-    metrics.REQUESTS.labels(endpoint, method, status).inc()
-    metrics.LATENCY.labels(endpoint).observe(elapsed)
     fields = dict(logs.request_fields() or {"request_id": request_id()})
     known = current_app.extensions["explain"].service.method_names()
     methods = fields.get("methods")
-    metrics.REQUEST_DURATION.labels(
-        endpoint, _model_label(fields), metrics.methods_label(methods, known)
-    ).observe(elapsed)
+    metrics.observe_request(
+        endpoint, method, status, _model_label(fields), metrics.methods_label(methods, known), elapsed
+    )
     fields.update(
         route=request.url_rule.rule if request.url_rule is not None else None,
         http_method=method,

@@ -128,7 +128,7 @@ class ShapExplainer:
         else:
             X = model.matrix_of(rows)
             if path == "xgboost_tree_path_dependent":
-                values, base, out = _xgboost_contribs(model, X, targets)
+                values, base, out = _xgboost_contribs(model, rows, targets)
             elif path == "tree_interventional":
                 values, base, out = _tree_interventional(model, X, targets)
                 params["background_size"] = min(len(model.background), TREE_PROBABILITY_BACKGROUND)
@@ -206,14 +206,21 @@ def _pick_binary(values: np.ndarray, base: np.ndarray, out: np.ndarray, targets:
     return values * sign[:, None], base * sign, out * sign
 
 
-def _xgboost_contribs(model: LoadedModel, X: np.ndarray, targets: np.ndarray | None):
-    booster = model.estimator if model.library == "xgboost-booster" else model.estimator.get_booster()
-    dm = model._dmatrix(X)
-    contribs = np.asarray(booster.predict(dm, pred_contribs=True), dtype=np.float64)
-    margin = np.asarray(booster.predict(dm, output_margin=True), dtype=np.float64)
+def _xgboost_contribs(model: LoadedModel, rows: Rows, targets: np.ndarray | None):
+    """XGBoost's TreeSHAP and the model's own margin, from the request's one ``DMatrix``.
+
+    The margin is XGBoost's prediction, not the contributions' sum, so the additivity residual
+    measures TreeSHAP against the model. Predicting from the ``DMatrix`` the prediction already
+    used reads XGBoost's cached margin instead of walking the trees again. The ``DMatrix`` holds
+    the booster's own feature names, so they are not validated again.
+    """
+    booster = model.booster()
+    dm = model.dmatrix_of(rows)
+    contribs = np.asarray(booster.predict(dm, pred_contribs=True, validate_features=False), dtype=np.float64)
+    margin = np.asarray(booster.predict(dm, output_margin=True, validate_features=False), dtype=np.float64)
     if contribs.ndim == 3:  # multiclass: (n, K, F+1)
         assert targets is not None
-        idx = np.arange(len(X))
+        idx = np.arange(len(rows))
         picked = contribs[idx, targets]
         return picked[:, :-1], picked[:, -1], margin[idx, targets]
     return _pick_binary(contribs[:, :-1], contribs[:, -1], margin, targets if model.is_classifier else None)
@@ -224,9 +231,8 @@ def _tree_interventional(model: LoadedModel, X: np.ndarray, targets: np.ndarray 
 
     def build() -> Any:
         bg = model.transform(model.background.iloc[:TREE_PROBABILITY_BACKGROUND])
-        booster = model.estimator if model.library == "xgboost-booster" else model.estimator.get_booster()
         return shap.TreeExplainer(
-            booster, data=bg, model_output="probability", feature_perturbation="interventional"
+            model.booster(), data=bg, model_output="probability", feature_perturbation="interventional"
         )
 
     explainer = model.cached("shap.tree_interventional", build)

@@ -11,7 +11,7 @@ hidden on the frame.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,13 +81,16 @@ class Prepared:
 
     Rows prepared from their column arrays (a validated request) build their frame only when
     a method asks for it: the tree and linear paths read the matrix alone, and building a
-    one-row DataFrame costs about as much as their whole computation.
+    one-row DataFrame costs about as much as their whole computation. XGBoost's own copy of the
+    matrix (a ``DMatrix``) is built once too, on first use, and shared by the prediction and
+    SHAP: on one row, building it costs more than predicting from it.
     """
 
     matrix: np.ndarray
     model_sha256: str
     columns: Mapping[str, np.ndarray] | None = None  # the rows' column arrays, when the caller built them
     given_frame: pd.DataFrame | None = field(default=None, repr=False)
+    _native: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
         return int(self.matrix.shape[0])
@@ -104,6 +107,12 @@ class Prepared:
     def column_arrays(self) -> Mapping[str, Any]:
         """The rows' columns by name: the arrays they were built from, else the frame's own."""
         return self.columns if self.columns is not None else self.frame
+
+    def native(self, build: Callable[[np.ndarray], Any]) -> Any:
+        """The estimator library's own container of :attr:`matrix`, ``build(matrix)`` on first use."""
+        if self._native is None:
+            object.__setattr__(self, "_native", build(self.matrix))
+        return self._native
 
 
 type Rows = pd.DataFrame | Prepared
@@ -277,7 +286,7 @@ class LoadedModel:
     def _dmatrix(self, X: np.ndarray) -> Any:
         import xgboost as xgb
 
-        booster = self.estimator if self.library == "xgboost-booster" else self.estimator.get_booster()
+        booster = self.booster()
         types = booster.feature_types
         # DMatrix defaults to every core; on one-row requests starting those threads costs
         # more than the TreeSHAP itself.
@@ -289,16 +298,47 @@ class LoadedModel:
             nthread=self.threads,
         )
 
+    def booster(self) -> Any:
+        """The XGBoost booster (of a booster or of xgboost's scikit-learn wrapper)."""
+        return self.estimator if self.library == "xgboost-booster" else self.estimator.get_booster()
+
+    def dmatrix_of(self, rows: Rows) -> Any:
+        """XGBoost's ``DMatrix`` of ``rows``: built once per prepared request (see :class:`Prepared`)."""
+        if isinstance(rows, Prepared) and rows.model_sha256 == self.sha256:
+            return rows.native(self._dmatrix)
+        return self._dmatrix(self.matrix_of(rows))
+
+    def _shares_dmatrix(self, rows: Rows) -> bool:
+        """Whether predictions on ``rows`` read the prepared request's shared ``DMatrix``.
+
+        Booster predictions always go through a ``DMatrix``; a binary scikit-learn wrapper's too
+        when the rows are prepared, since SHAP builds that ``DMatrix`` anyway and predicting from
+        it gives the same bytes as ``inplace_predict``, for less (and leaves XGBoost's margin
+        cache filled for SHAP's own output).
+        """
+        if self.library == "xgboost-booster":
+            return True
+        return (
+            self.library == "xgboost"
+            and self.estimator.n_classes_ == 2
+            and isinstance(rows, Prepared)
+            and rows.model_sha256 == self.sha256
+        )
+
     def proba_matrix(self, X: np.ndarray) -> np.ndarray:
         """Class probabilities, (n, n_classes)."""
         if self.library == "xgboost-booster":
-            p = self.estimator.predict(self._dmatrix(X))
-            return np.column_stack([1.0 - p, p]) if p.ndim == 1 else p
+            return self._proba_dmatrix(self._dmatrix(X))
         if self.library == "xgboost" and self.estimator.n_classes_ == 2:
             # What XGBClassifier.predict_proba computes for binary objectives, minus its overhead.
             p = self.estimator.get_booster().inplace_predict(X, validate_features=False)
             return np.vstack((1 - p, p)).T
         return np.asarray(self.estimator.predict_proba(X))
+
+    def _proba_dmatrix(self, dm: Any) -> np.ndarray:
+        # The DMatrix carries the booster's own feature names: validating them again is a cost only.
+        p = self.booster().predict(dm, validate_features=False)
+        return np.vstack((1 - p, p)).T if p.ndim == 1 else p
 
     def value_matrix(self, X: np.ndarray) -> np.ndarray:
         """Regression predictions, (n,)."""
@@ -318,9 +358,15 @@ class LoadedModel:
 
     # -- predictions on raw rows ----------------------------------------------------------------
     def predict_proba(self, rows: Rows) -> np.ndarray:
+        """Class probabilities of ``rows``, (n, n_classes)."""
+        if self._shares_dmatrix(rows):
+            return self._proba_dmatrix(self.dmatrix_of(rows))
         return self.proba_matrix(self.matrix_of(rows))
 
     def predict_value(self, rows: Rows) -> np.ndarray:
+        """Regression predictions of ``rows``, (n,)."""
+        if self.library == "xgboost-booster":
+            return np.asarray(self.booster().predict(self.dmatrix_of(rows), validate_features=False))
         return self.value_matrix(self.matrix_of(rows))
 
     def describe(self) -> dict[str, Any]:
