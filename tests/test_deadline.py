@@ -96,7 +96,10 @@ def test_lime_checks_the_deadline_throughout_a_row_not_only_between_rows(
     moments = [started, *checks, finished]
     longest = max(b - a for a, b in itertools.pairwise(moments))
     assert len(checks) >= 20
-    assert longest < 0.3 * (finished - started), (longest, finished - started)
+    # Checked only between rows, the one row would be one unchecked stretch (all of it). Inside the row
+    # the longest stretch is one model chunk of 65,536 of its 200,000 samples: about a third of the time,
+    # so the bound leaves room for a slow chunk on a busy machine.
+    assert longest < 0.5 * (finished - started), (longest, finished - started)
 
 
 @pytest.mark.parametrize(
