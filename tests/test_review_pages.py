@@ -407,10 +407,11 @@ def test_pages_name_an_icon_anyone_may_fetch(site) -> None:
     assert icon.group(0) in client.get("/review/queue", headers=HTML).get_data(as_text=True)
 
 
-def test_a_regression_records_page_speaks_of_the_predicted_value_not_of_a_class(
-    site, demo_models_dir
-) -> None:
-    """A regressor has no target class: the tables said "towards 'None'"."""
+def explained_diabetes_row(
+    site, demo_models_dir, methods: list[str]
+) -> tuple[list[dict[str, Any]], Any, Any]:
+    """One diabetes-gbr background row explained with ``methods`` by the review key: (the instances sent,
+    the answered explanation, its record page as the reviewer sees it)."""
     from explain_service.registry.store import ModelRegistry
     from explain_service.service import rows_as_dicts
 
@@ -418,13 +419,19 @@ def test_a_regression_records_page_speaks_of_the_predicted_value_not_of_a_class(
     bearer = {"Authorization": f"Bearer {site['keys']['review']}"}
     row = rows_as_dicts(ModelRegistry(demo_models_dir).get("diabetes-gbr").background.iloc[:1])
     r = client.post(
-        "/v1/models/diabetes-gbr:explain",
-        json={"instances": row, "methods": ["shap", "lime"]},
-        headers=bearer,
+        "/v1/models/diabetes-gbr:explain", json={"instances": row, "methods": methods}, headers=bearer
     )
     assert r.status_code == 200, r.get_json()
     explanation = r.get_json()["explanations"][0]
     page = client.get(f"/review/explanations/{explanation['id']}", headers={**HTML, **bearer})
+    return row, explanation, page
+
+
+def test_a_regression_records_page_speaks_of_the_predicted_value_not_of_a_class(
+    site, demo_models_dir
+) -> None:
+    """A regressor has no target class: the tables said "towards 'None'"."""
+    _, explanation, page = explained_diabetes_row(site, demo_models_dir, ["shap", "lime"])
     text = html.unescape(page.get_data(as_text=True))
     assert page.status_code == 200 and "None" not in text
     assert "Contributions towards the predicted value, strongest first" in text
@@ -477,21 +484,12 @@ def test_the_shap_table_shows_rounded_signed_numbers_and_the_api_keeps_full_floa
     site, demo_models_dir
 ) -> None:
     """The diabetes features are floats like 0.061696206518683294: the page shows 0.0617."""
-    from explain_service.registry.store import ModelRegistry
     from explain_service.review import words
-    from explain_service.service import rows_as_dicts
 
-    client = site["app"].test_client()
+    row, explanation, page = explained_diabetes_row(site, demo_models_dir, ["shap"])
     bearer = {"Authorization": f"Bearer {site['keys']['review']}"}
-    row = rows_as_dicts(ModelRegistry(demo_models_dir).get("diabetes-gbr").background.iloc[:1])
-    r = client.post(
-        "/v1/models/diabetes-gbr:explain", json={"instances": row, "methods": ["shap"]}, headers=bearer
-    )
-    assert r.status_code == 200, r.get_json()
-    explanation = r.get_json()["explanations"][0]
-    record = client.get(f"/v1/explanations/{explanation['id']}", headers=bearer).get_json()
+    record = site["app"].test_client().get(f"/v1/explanations/{explanation['id']}", headers=bearer).get_json()
     assert record["explanations"][0]["shap"]["values"] == explanation["shap"]["values"]  # every digit
-    page = client.get(f"/review/explanations/{explanation['id']}", headers={**HTML, **bearer})
     table = re.search(
         r"<caption[^>]*>Contributions towards the predicted value.*?</tbody>",
         page.get_data(as_text=True),
