@@ -19,7 +19,7 @@ the others wait; then each gets its own records back::
   caller fails.
 - No waiting on purpose: a group is whatever queued while the commit before it ran. Alone, a thread
   commits at once; under load, groups grow until one flush serves them all.
-- Processes take turns: the leader first waits for its host's turn (a lock file, :class:`.backends.HostTurn`)
+- Processes take turns: the leader first waits for its host's turn (a lock file, :class:`.turn.HostTurn`)
   and only then takes the queue, so that everything its threads queued while another worker's commit
   flushed goes into one group. Waiting on the lock file sleeps in the kernel and wakes the moment it is
   free, where SQLite's own lock wait would sleep in steps of 1 to 100 ms.
@@ -74,7 +74,7 @@ class GroupCommit:
         Told of each successful commit: its duration, its record count and the new head's seq.
     turn
         Held by the leader around taking and committing a group, so that the processes of a host take
-        turns (:class:`.backends.HostTurn`); must not raise.
+        turns (:class:`.turn.HostTurn`); must not raise.
     """
 
     def __init__(
@@ -147,47 +147,34 @@ class GroupCommit:
 
     def _run(self, group: list[_Waiter]) -> None:
         """Commit ``group`` and settle every waiter in it; never raises."""
-        outcomes = commit_together(
-            self._commit, [waiter.records for waiter in group], self._retry_alone, self._observe
-        )
-        for waiter, outcome in zip(group, outcomes, strict=True):
-            if isinstance(outcome, BaseException):
-                waiter.error = outcome
-            else:
-                waiter.sealed = outcome
-            waiter.done = True
-
-
-def commit_together(
-    commit: Commit,
-    batches: list[list[RawRecord]],
-    retry_alone: Callable[[BaseException], bool] = lambda _exc: False,
-    observe: Observe | None = None,
-) -> list[list[RawRecord] | BaseException]:
-    """Commit ``batches`` in one transaction, in order; each batch's sealed records, or its error.
-
-    Never raises: a failed commit is every batch's error, unless ``retry_alone(error)`` says one batch's
-    own records may have caused it; then each batch is committed again on its own, so only that one fails.
-    """
-    records = [record for batch in batches for record in batch]
-    try:
-        started = time.perf_counter()
-        sealed = commit(records)
-    except BaseException as exc:  # every caller must hear of it, whatever it is
-        if len(batches) > 1 and retry_alone(exc):
-            return [commit_together(commit, [batch], retry_alone, observe)[0] for batch in batches]
-        return [exc] * len(batches)
-    if observe is not None and sealed:
         try:
-            observe(time.perf_counter() - started, len(sealed), sealed[-1].seq)
-        except Exception:  # the records are stored: a metric must not turn that into a failure
-            log.exception("audit append observer failed")
-    outcomes: list[list[RawRecord] | BaseException] = []
-    start = 0
-    for batch in batches:
-        outcomes.append(sealed[start : start + len(batch)])
-        start += len(batch)
-    return outcomes
+            self._settle(group, self._commit_group(group))
+        except BaseException as exc:  # every waiter must hear of it, whatever it is
+            if len(group) > 1 and self._retry_alone(exc):
+                for waiter in group:
+                    self._run([waiter])
+                return
+            for waiter in group:
+                waiter.error, waiter.done = exc, True
+
+    def _commit_group(self, group: list[_Waiter]) -> list[RawRecord]:
+        records = [record for waiter in group for record in waiter.records]
+        started = time.perf_counter()
+        sealed = self._commit(records)
+        if self._observe is not None and sealed:
+            try:
+                self._observe(time.perf_counter() - started, len(sealed), sealed[-1].seq)
+            except Exception:  # the records are stored: a metric must not turn that into a failure
+                log.exception("audit append observer failed")
+        return sealed
+
+    @staticmethod
+    def _settle(group: list[_Waiter], sealed: list[RawRecord]) -> None:
+        start = 0
+        for waiter in group:
+            end = start + len(waiter.records)
+            waiter.sealed, waiter.done = sealed[start:end], True
+            start = end
 
 
 def _own_copy(error: BaseException) -> BaseException:

@@ -206,11 +206,13 @@ class AuditStore:
         else:
             raise ValueError(f"the audit store supports sqlite and postgresql, not {self.backend!r}")
         self._dbapi_error: type[Exception] = self._engine.dialect.loaded_dbapi.Error
-        self._taken: type[Exception] = self._engine.dialect.loaded_dbapi.IntegrityError
+        taken: type[Exception] = self._engine.dialect.loaded_dbapi.IntegrityError
         # Concurrent appends of this process share a transaction; a taken id fails only its own batch.
         # ... and the processes of this host take turns, each committing what queued while it waited.
         turn = HostTurn.for_database(self._path, self.url.render_as_string(hide_password=True))
-        self._group = GroupCommit(self._commit, retry_alone=self._retry_alone, observe=observe, turn=turn)
+        self._group = GroupCommit(
+            self._commit, retry_alone=lambda exc: isinstance(exc, taken), observe=observe, turn=turn
+        )
         self._pid = os.getpid()
         self._schema_lock = threading.Lock()
         self._schema_ready = False
@@ -268,10 +270,6 @@ class AuditStore:
             raise AuditWriteError(exc.reason, detail=exc.detail) from exc
         except (SQLAlchemyError, self._dbapi_error) as exc:
             raise self._failure(AuditWriteError, exc) from exc
-
-    def _retry_alone(self, exc: BaseException) -> bool:
-        """Whether a failed group may owe its failure to one batch's records (an id already taken)."""
-        return isinstance(exc, self._taken)
 
     def check_writable(self) -> None:
         """Prove cheaply that an append would be accepted now; raise :class:`AuditUnavailableError` if not.
