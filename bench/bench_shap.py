@@ -22,6 +22,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -72,9 +73,9 @@ def bulk(model, threads: int) -> dict[str, float]:
     return {"threads": threads, "ours_s": ours, "ref_s": ref, "ratio": ref / ours}
 
 
-def user_code_latency(model, instances: list[dict]) -> list[float]:
-    """What a user writes in process: the pipeline's preprocessing on a one-row DataFrame,
-    ``predict_proba``, ``TreeExplainer.shap_values`` and the one-hot columns summed back."""
+def user_code(model) -> Callable[[dict], float]:
+    """What a user writes in process, timed on one instance: the pipeline's preprocessing on a one-row
+    DataFrame, ``predict_proba``, ``TreeExplainer.shap_values`` and the one-hot columns summed back."""
     import shap
 
     pipe_pre = model.preprocessor
@@ -83,8 +84,8 @@ def user_code_latency(model, instances: list[dict]) -> list[float]:
     owners = [
         max((f for f in model.schema.names if n.split("__", 1)[1].startswith(f)), key=len) for n in names
     ]
-    samples = []
-    for inst in instances:
+
+    def one(inst: dict) -> float:
         t0 = time.perf_counter()
         Xt = pipe_pre.transform(pd.DataFrame([inst]))
         model.estimator.predict_proba(Xt)
@@ -92,23 +93,26 @@ def user_code_latency(model, instances: list[dict]) -> list[float]:
         out: dict[str, float] = dict.fromkeys(model.schema.names, 0.0)
         for owner, v in zip(owners, sv[0], strict=True):
             out[owner] += float(v)
-        samples.append(time.perf_counter() - t0)
-    return samples
+        return time.perf_counter() - t0
+
+    return one
 
 
-def service_compute_latency(model, instances: list[dict]) -> list[float]:
-    """The explanation work of one request in process: predict, SHAP, reasons (validated rows in)."""
+def service_compute(model) -> Callable[[dict], float]:
+    """The explanation work of one request in process, timed on one instance: predict, SHAP, reasons
+    (validated rows in)."""
     from explain_service.service import ExplainService
     from explain_service.validation import validate_prepared
 
     service = ExplainService()
-    samples = []
-    for inst in instances:
+
+    def one(inst: dict) -> float:
         rows, records = validate_prepared(model, [inst])
         t0 = time.perf_counter()
         service.explain(model, rows, ["shap"], instances=records, record=False)
-        samples.append(time.perf_counter() - t0)
-    return samples
+        return time.perf_counter() - t0
+
+    return one
 
 
 def breakdown(model, instances: list[dict], database_url: str) -> dict[str, float]:
@@ -230,10 +234,22 @@ def http_post(port: int, path: str, body: bytes, headers: dict[str, str] | None 
     return time.perf_counter() - t0
 
 
-def sequential(port: int, path: str, bodies: list[bytes]) -> list[float]:
-    for b in bodies[:20]:
-        http_post(port, path, b)
-    return [http_post(port, path, b) for b in bodies]
+def interleaved(
+    paths: dict[str, Callable[[dict, bytes], float]], instances: list[dict]
+) -> dict[str, list[float]]:
+    """Every path timed on every instance, the paths taking turns (each first in turn), so that
+    whatever the machine does meanwhile falls on all of them alike."""
+    bodies = [json.dumps({"instances": [i]}).encode() for i in instances]
+    names = list(paths)
+    for inst, body in zip(instances[:20], bodies[:20], strict=False):  # warm every path
+        for name in names:
+            paths[name](inst, body)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for k, (inst, body) in enumerate(zip(instances, bodies, strict=True)):
+        turn = names[k % len(names) :] + names[: k % len(names)]
+        for name in turn:
+            samples[name].append(paths[name](inst, body))
+    return samples
 
 
 def concurrent_rps(port: int, path: str, bodies: list[bytes]) -> float:
@@ -257,28 +273,37 @@ def concurrent_rps(port: int, path: str, bodies: list[bytes]) -> float:
 
 
 def http_case(name: str, model, instances: list[dict], tmp: str) -> dict:
-    """One model's one-row latencies: user code, our compute, the stages, and the servers over HTTP."""
+    """One model's one-row latencies: user code, our compute, the stages, and the servers over HTTP.
+
+    The three servers run together and every request goes to each in turn, with the in-process user
+    code and compute timed in the same turns."""
     model.set_threads(1)
-    user = user_code_latency(model, instances)
-    compute = service_compute_latency(model, instances)
     stages = breakdown(model, instances, f"sqlite:///{tmp}/{name}-stages.sqlite3")
     bodies = [json.dumps({"instances": [i]}).encode() for i in instances]
     env = {"EXPLAIN_MODELS_DIR": str(MODELS), "EXPLAIN_DATABASE_URL": f"sqlite:///{tmp}/{name}.sqlite3"}
     path = f"/v1/models/{name}:explain"
-    with gunicorn("explain_service.app:create_app()", env=env) as base:
-        port = int(base.rsplit(":", 1)[1])
-        ours = sequential(port, path, bodies)
-        ours_rps = concurrent_rps(port, path, bodies)
-    with gunicorn("bench.noaudit_app:create_app()", env=env) as base:
-        port = int(base.rsplit(":", 1)[1])
-        bare = sequential(port, path, bodies)
-        bare_rps = concurrent_rps(port, path, bodies)
-    with gunicorn("bench.echo_app:create_app()") as base:
-        port = int(base.rsplit(":", 1)[1])
-        echo = sequential(port, "/echo", bodies)
-        echo_rps = concurrent_rps(port, "/echo", bodies)
-    return dict(user=user, compute=compute, stages=stages, ours=ours, bare=bare, echo=echo,
-                ours_rps=ours_rps, bare_rps=bare_rps, echo_rps=echo_rps)  # fmt: skip
+    with (
+        gunicorn("explain_service.app:create_app()", env=env) as ours,
+        gunicorn("bench.noaudit_app:create_app()", env=env) as bare,
+        gunicorn("bench.echo_app:create_app()") as echo,
+    ):
+        ports = {
+            side: int(base.rsplit(":", 1)[1])
+            for side, base in (("ours", ours), ("bare", bare), ("echo", echo))
+        }
+        user, compute = user_code(model), service_compute(model)
+        paths: dict[str, Callable[[dict, bytes], float]] = {
+            "user": lambda inst, _body: user(inst),
+            "compute": lambda inst, _body: compute(inst),
+            "ours": lambda _inst, body: http_post(ports["ours"], path, body),
+            "bare": lambda _inst, body: http_post(ports["bare"], path, body),
+            "echo": lambda _inst, body: http_post(ports["echo"], "/echo", body),
+        }
+        out: dict = interleaved(paths, instances)
+        for side in ("ours", "bare", "echo"):
+            out[f"{side}_rps"] = concurrent_rps(ports[side], "/echo" if side == "echo" else path, bodies)
+    out["stages"] = stages
+    return out
 
 
 def http_lines(name: str, r: dict) -> list[str]:
@@ -340,7 +365,7 @@ def main() -> None:
         lines.append(f"| {r['threads']} | {r['ours_s']:.4f} | {r['ref_s']:.4f} | {r['ratio']:.2f}x |")
     lines += [
         "",
-        f"### One row, {N_SEQ} sequential requests (new connection each), gunicorn 2 workers with the service's settings",
+        f"### One row, {N_SEQ} requests per path (new connection each, the paths taking turns), gunicorn 2 workers with the service's settings",
         "",
         f"German credit (9 raw features, 200 trees) and `{SMALL}` (7 raw features, one-hot, XGBoost 150 "
         "trees of depth 4; `bench/_models.py`). The user code includes `predict_proba`: an answer "
