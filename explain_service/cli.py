@@ -27,6 +27,7 @@ from explain_service.counts import count
 from explain_service.fairness.command import fairness
 from explain_service.fairness.report_command import report
 from explain_service.logs import configure_app_logging
+from explain_service.model_ref import parse_model_ref
 
 log = logging.getLogger("explain_service.cli")  # not __name__: that is "__main__" under `python -m`
 
@@ -233,15 +234,15 @@ def models_build_demo(models_dir: str | None, only: tuple[str, ...]) -> None:
 
 
 def _model_target(model: str, models_dir: str | None) -> tuple[str, str | None]:
-    """``NAME`` or ``NAME@VERSION``, checked against the registry."""
+    """``NAME`` or ``NAME@VERSION`` (:mod:`.model_ref`), checked against the registry."""
     from explain_service.registry.store import list_versions
 
-    name, _, version = model.partition("@")
+    name, version = parse_model_ref(model, "MODEL")
     root = Path(_settings(models_dir).models_dir)
     versions = list_versions(root, name)
-    if not versions or (version and version not in versions):
+    if not versions or (version is not None and version not in versions):
         raise click.ClickException(f"no model {model} under {root}")
-    return name, version or None
+    return name, version
 
 
 def _suspensions(database_url: str | None) -> Any:

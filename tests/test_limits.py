@@ -143,16 +143,22 @@ def test_without_a_rate_limit_the_quota_is_still_shared_through_redis(
     shared = {
         "ratelimit_default": "",
         "ratelimit_storage_uri": os.environ["EXPLAIN_TEST_REDIS_URL"],
+        "ratelimit_key_prefix": f"test-{uuid.uuid4().hex}",
         "counterfactual_daily_quota": 3,
     }
     first_app = make(demo_models_dir, tmp_path, **shared)
-    (a,) = keys(first_app, f"quota-{uuid.uuid4().hex[:12]}")  # the quota's keys carry no prefix
+    (a,) = keys(first_app, "a")
     second_app = make(demo_models_dir, tmp_path, **shared)
+    # Another deployment on the same Redis (its own prefix) keeps its own quota for a key of that name.
+    other_app = make(
+        demo_models_dir, tmp_path, **{**shared, "ratelimit_key_prefix": f"test-{uuid.uuid4().hex}"}
+    )
     body = {"instances": [GERMAN_ROW] * 2, "methods": ["counterfactual"],
             "options": {"counterfactual": {"count": 1, "time_budget_ms": 50}}}  # fmt: skip
     path = "/v1/models/german-credit:explain"
     assert first_app.test_client().post(path, json=body, headers=a).status_code == 200
     assert second_app.test_client().post(path, json=body, headers=a).status_code == 429
+    assert other_app.test_client().post(path, json=body, headers=a).status_code == 200
 
 
 def test_the_in_process_store_admits_exactly_what_limits_own_memory_store_admits(monkeypatch) -> None:

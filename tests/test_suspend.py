@@ -124,6 +124,9 @@ def test_the_cli_suspends_a_running_service_within_the_cache_time(
     assert result.exit_code == 0, result.output
     result = runner.invoke(main, ["models", "suspend", "nope", "--reason", "x", *args])
     assert result.exit_code != 0 and "no model nope" in result.output
+    # A version left out after the @ is refused, not taken for the whole model.
+    result = runner.invoke(main, ["models", "suspend", f"{MODEL}@", "--reason", "x", *args])
+    assert result.exit_code == 2 and "NAME@VERSION" in result.output
     with AuditStore(url) as store:
         assert Suspensions(store).of_model(MODEL) == []
         assert store.verify().ok
