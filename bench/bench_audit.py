@@ -14,11 +14,17 @@ The sync worker (one request at a time per process, so concurrent appends never 
 measured the same way on SQLite, as the reason for the threaded one. The audited server notes every
 commit (bench/observed_app.py), for the records a commit held and its duration.
 
+Two more rows give the ceiling of group commit in worker threads: the same audited path with a commit
+that stores nothing (bench/noop_commit_app.py), with and without the host's turn between processes.
+Then four SQLite servers run side by side, taking turns (durability full, durability os, no database,
+no audit): what the flush to disk, the database's own work and the rest of the audit path each cost.
+
 Run: ``python bench/bench_audit.py``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -76,7 +82,12 @@ def under_load(port: int, bodies: list[bytes], seconds: float) -> tuple[int, flo
     return len(flat), wall, flat
 
 
-def measure(database_url: str, bodies: list[bytes], extra_env: dict[str, str] | None = None) -> dict:
+def measure(
+    database_url: str,
+    bodies: list[bytes],
+    extra_env: dict[str, str] | None = None,
+    audited: str = "bench.observed_app:create_app()",
+) -> dict:
     notes = Path(tempfile.mkdtemp()) / "commits.txt"
     env = {
         "EXPLAIN_MODELS_DIR": str(MODELS),
@@ -89,10 +100,10 @@ def measure(database_url: str, bodies: list[bytes], extra_env: dict[str, str] | 
         "without": {"n": 0, "wall": 0.0, "lat": [], "seq": []},
     }
     with (
-        gunicorn("bench.observed_app:create_app()", env=env) as audited,
+        gunicorn(audited, env=env) as with_audit,
         gunicorn("bench.noaudit_app:create_app()", env=env) as bare,
     ):
-        ports = {"with": int(audited.rsplit(":", 1)[1]), "without": int(bare.rsplit(":", 1)[1])}
+        ports = {"with": int(with_audit.rsplit(":", 1)[1]), "without": int(bare.rsplit(":", 1)[1])}
         for port in ports.values():
             under_load(port, bodies, 1.0)  # warm every thread's path
         notes.write_text("")  # commits under load only
@@ -109,6 +120,43 @@ def measure(database_url: str, bodies: list[bytes], extra_env: dict[str, str] | 
             out["with"]["seq"].append(http_post(ports["with"], PATH, b))
             out["without"]["seq"].append(http_post(ports["without"], PATH, b))
     return out
+
+
+DECOMPOSITION = {
+    "audit, durability full (the default)": ("bench.observed_app:create_app()", {}),
+    "audit, durability os (no flush to disk)": (
+        "bench.observed_app:create_app()",
+        {"EXPLAIN_AUDIT_DURABILITY": "os"},
+    ),
+    "audit path, no database (commit stores nothing)": ("bench.noop_commit_app:create_app()", {}),
+    "no audit": ("bench.noaudit_app:create_app()", {}),
+}
+
+
+def decomposition(bodies: list[bytes]) -> dict[str, tuple[float, list[float]]]:
+    """The servers of DECOMPOSITION (SQLite, threaded worker) side by side, taking turns under 8 clients:
+    what the flush, the database and the rest of the audit path each cost. {name: (req/s, latencies)}."""
+    out: dict[str, tuple[int, float, list[float]]] = {name: (0, 0.0, []) for name in DECOMPOSITION}
+    with contextlib.ExitStack() as stack:
+        ports: dict[str, int] = {}
+        for name, (app, extra) in DECOMPOSITION.items():
+            tmp = stack.enter_context(tempfile.TemporaryDirectory())
+            env = {
+                "EXPLAIN_MODELS_DIR": str(MODELS),
+                "EXPLAIN_DATABASE_URL": f"sqlite:///{tmp}/a.sqlite3",
+                "BENCH_AUDIT_OBSERVATIONS": f"{tmp}/commits.txt",
+                **extra,
+            }
+            ports[name] = int(stack.enter_context(gunicorn(app, env=env)).rsplit(":", 1)[1])
+        for port in ports.values():
+            under_load(port, bodies, 1.0)
+        names = list(ports)
+        for r in range(ROUNDS):
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                n, wall, lat = under_load(ports[name], bodies, ROUND_SECONDS)
+                total_n, total_wall, total_lat = out[name]
+                out[name] = (total_n + n, total_wall + wall, total_lat + lat)
+    return {name: (n / wall, lat) for name, (n, wall, lat) in out.items()}
 
 
 def in_process(bodies: list[bytes], durability: str) -> dict[str, tuple[float, float]]:
@@ -165,6 +213,15 @@ def main() -> None:
         stores["PostgreSQL, threaded worker"] = measure(pg, bodies)
     with tempfile.TemporaryDirectory() as tmp:
         stores["SQLite, sync worker (before)"] = measure(f"sqlite:///{tmp}/a.sqlite3", bodies, SYNC)
+    # The ceiling: the same path with a commit that stores nothing (bench/noop_commit_app.py).
+    for name, extra in (
+        ("no database (commit stores nothing), threaded worker, host turn", {}),
+        ("no database, threaded worker, no host turn", {"BENCH_AUDIT_NO_TURN": "1"}),
+    ):
+        with tempfile.TemporaryDirectory() as tmp:
+            stores[name] = measure(
+                f"sqlite:///{tmp}/a.sqlite3", bodies, extra, "bench.noop_commit_app:create_app()"
+            )
     lines = [
         f"One-row `:explain` (German credit, SHAP), 2 gunicorn workers (threaded: x 4 threads). Under load: "
         f"{CLIENTS} clients on kept-alive connections, {ROUNDS} rounds of {ROUND_SECONDS:g} s per server, "
@@ -185,6 +242,21 @@ def main() -> None:
             f"| **{p50a / p50b:.2f}x** | {percentile_ms(a['lat'], 99):.2f} / {percentile_ms(b['lat'], 99):.2f} "
             f"| {percentile_ms(a['seq'], 50):.2f} / {percentile_ms(b['seq'], 50):.2f} "
             f"| {records / commits:.2f} | {1000 * seconds / commits:.2f} |"
+        )
+    parts = decomposition(bodies)
+    bare_rps = parts["no audit"][0]
+    lines += [
+        "",
+        f"Where the cost lies: four servers on SQLite (threaded worker) side by side in one run, taking "
+        f"turns under {CLIENTS} clients ({ROUNDS} rounds of {ROUND_SECONDS:g} s each):",
+        "",
+        "| server | req/s | vs no audit | p50 (ms) | p99 (ms) |",
+        "|---|---|---|---|---|",
+    ]
+    for name, (rps, lat) in parts.items():
+        lines.append(
+            f"| {name} | {rps:.0f} | {rps / bare_rps:.2f}x | {percentile_ms(lat, 50):.2f} "
+            f"| {percentile_ms(lat, 99):.2f} |"
         )
     lines += [
         "",
