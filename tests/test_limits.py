@@ -74,6 +74,46 @@ def test_rate_limit_headers_come_with_a_limit_and_only_then(demo_models_dir: Pat
     assert not [k for k, _ in r.headers.items() if k.lower().startswith("x-ratelimit") or k == "Retry-After"]
 
 
+def rate_headers(r) -> tuple[int, int, float]:
+    return (
+        int(r.headers["X-RateLimit-Limit"]),
+        int(r.headers["X-RateLimit-Remaining"]),
+        int(r.headers["X-RateLimit-Reset"]) - time.time(),
+    )
+
+
+def test_with_several_limits_the_headers_describe_the_shortest_until_one_refuses(
+    demo_models_dir: Path, tmp_path: Path
+) -> None:
+    app = make(demo_models_dir, tmp_path, ratelimit_default="5/minute;100/hour")
+    client = app.test_client()
+    (a,) = keys(app, "a")
+    two = {"instances": [GERMAN_ROW] * 2, "methods": ["shap"]}  # 2 cost units
+    seen = []
+    for _ in range(3):
+        r = client.post("/v1/models/german-credit:explain", json=two, headers=a)
+        limit, remaining, reset_in = rate_headers(r)
+        assert 0 < reset_in <= 61
+        seen.append((r.status_code, limit, remaining, "Retry-After" in r.headers))
+    # 2 + 2 units fit in 5; the next 2 do not, and the refusal spends nothing.
+    assert seen == [(200, 5, 3, False), (200, 5, 1, False), (429, 5, 1, True)]
+    assert 0 < int(r.headers["Retry-After"]) <= 60
+    r = client.get(CHEAP, headers=a)  # 1 unit still fits
+    assert (r.status_code, rate_headers(r)[:2], "Retry-After" in r.headers) == (200, (5, 0), False)
+
+    # The longer window refuses first: the headers and Retry-After describe it, not the minute.
+    app = make(demo_models_dir, tmp_path, ratelimit_default="3/hour;10/minute")
+    client = app.test_client()
+    (b,) = keys(app, "b")
+    responses = [client.get(CHEAP, headers=b) for _ in range(4)]
+    assert [(r.status_code, *rate_headers(r)[:2]) for r in responses] == [
+        (200, 10, 9), (200, 10, 8), (200, 10, 7), (429, 3, 0)
+    ]  # fmt: skip
+    assert 3500 < rate_headers(responses[-1])[2] <= 3601
+    assert 3500 < int(responses[-1].headers["Retry-After"]) <= 3600
+    assert ["Retry-After" in r.headers for r in responses] == [False, False, False, True]
+
+
 def test_an_explain_costs_by_instances_and_methods(demo_models_dir: Path, tmp_path: Path) -> None:
     tree = {"instances": [GERMAN_ROW] * 3, "methods": ["shap"]}
     assert measure(tree, agnostic=False, max_instances=100) == Work(units=3)

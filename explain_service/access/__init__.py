@@ -6,7 +6,7 @@
     rules.py     endpoint -> least role; routes that show one record are owner-checked
     guard.py     the one before_request: 401 / 403, ``g.principal``; the owner check for records
     costs.py     what a request declares it will cost; the per-request evaluation budget
-    limits.py    per-key rate limits (flask-limiter) and the daily counterfactual quota
+    limits.py    per-key rate limits and the daily counterfactual quota (on ``limits``' storage)
     memory.py    the per-process moving-window store behind ``memory://`` limits
     headers.py   security headers; no gunicorn banner
 
@@ -73,7 +73,6 @@ def init_app(app: Flask, settings: Settings, audit: AuditStore) -> Access:
 
     app.before_request(guard.guard)
     app.before_request(_measure)
-    # after_request functions run last-registered first: the headers see the limiter's additions.
     headers.init_app(app)
     limits.init_app(app, settings)
     return state

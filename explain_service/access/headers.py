@@ -24,8 +24,6 @@ def secure_headers(response: Response) -> Response:
     headers["X-Frame-Options"] = "DENY"
     if request.is_secure:
         headers["Strict-Transport-Security"] = HSTS
-    if response.status_code not in (429, 503):
-        headers.pop("Retry-After", None)  # flask-limiter adds it to every response; it means "wait"
     return response
 
 

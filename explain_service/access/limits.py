@@ -1,28 +1,34 @@
-"""Per-key rate limits and the daily counterfactual quota, with flask-limiter.
+"""Per-key rate limits and the daily counterfactual quota, counted with ``limits`` directly.
 
-``EXPLAIN_RATELIMIT_DEFAULT`` (flask-limiter syntax, ``600/minute`` by default, several separated by
-``;``, empty to disable) is one budget per key across every route but ``/healthz`` and ``/readyz``,
-counted in the cost units of :mod:`.costs` over a moving window (so a limit of N per minute admits N
-units in any 60 seconds, not 2N across a window edge). Without authentication the client address
-stands in for the key. ``EXPLAIN_COUNTERFACTUAL_DAILY_QUOTA`` (default 1000, 0 disables) caps the
-counterfactual instances a key may ask for in any 24 hours.
+``EXPLAIN_RATELIMIT_DEFAULT`` (``limits`` syntax, ``600/minute`` by default, several separated by
+``;``, empty to disable) is one budget per key across every route but the public ones (``/healthz``,
+``/readyz``), counted in the cost units of :mod:`.costs` over a moving window (so a limit of N per
+minute admits N units in any 60 seconds, not 2N across a window edge). Without authentication the
+client address stands in for the key. ``EXPLAIN_COUNTERFACTUAL_DAILY_QUOTA`` (default 1000, 0
+disables) caps the counterfactual instances a key may ask for in any 24 hours.
 
 Both live in ``EXPLAIN_RATELIMIT_STORAGE_URI``: ``memory://`` counts per worker process (in
 :mod:`.memory`'s store, not limits' own, which starts a thread per request), ``redis://...`` one
-budget for every worker and host. A breach answers 429 in the JSON error shape with
-``Retry-After``. With no rate limit set, flask-limiter is not installed (its hooks would search every
-request for a limit and find none) and the quota counts in the storage by itself.
+budget for every worker and host. Keys carry ``EXPLAIN_RATELIMIT_KEY_PREFIX``, so deployments sharing
+one Redis keep their own budgets.
+
+Per request, :func:`check_rate_limits` spends the request's units on every limit, shortest window
+first, and stops at the first that refuses: 429 in the JSON error shape with ``Retry-After``. It
+then reads the window of one limit, the refusing one or else the shortest, and
+:func:`write_rate_limit_headers` reports that one (``X-RateLimit-Limit``, ``-Remaining`` after this
+request, ``-Reset`` as a Unix time): one hit per limit and one window read per request. These are
+the names, keys and choice of limit flask-limiter used before, so counts already in Redis carry over.
+With no rate limit set neither hook is installed and the quota counts in the storage by itself.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 
-from flask import Flask, current_app, g, request
-from flask_limiter import Limiter, RequestLimit
-from flask_limiter.util import get_remote_address
-from limits import parse
+from flask import Flask, Response, current_app, g, request
+from limits import RateLimitItem, parse, parse_many
 from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter, RateLimiter
 
@@ -35,12 +41,24 @@ from explain_service.config import Settings
 from explain_service.errors import TooManyRequests
 
 QUOTA_SCOPE = "counterfactual-quota"
+# The scope flask-limiter gave application-wide limits: part of every rate-limit key in the storage.
+RATE_SCOPE = "global"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """One app's rate limits (shortest window first, empty when off) and the counter they and the
+    quota spend in."""
+
+    rates: tuple[RateLimitItem, ...]
+    counter: RateLimiter
+    key_prefix: str
 
 
 def rate_key() -> str:
     """Whose budget a request spends: the key's name, else the client address."""
     name = current_principal().name
-    return f"key:{name}" if name is not None else f"addr:{get_remote_address()}"
+    return f"key:{name}" if name is not None else f"addr:{request.remote_addr or '127.0.0.1'}"
 
 
 def request_units() -> int:
@@ -49,44 +67,66 @@ def request_units() -> int:
 
 
 def exempt() -> bool:
-    return request.endpoint is not None and rule_for(request.endpoint).role == "public"
+    """Requests no limit counts: public routes, static files, and URLs that match no route."""
+    endpoint = request.endpoint
+    return endpoint is None or endpoint.rsplit(".", 1)[-1] == "static" or rule_for(endpoint).role == "public"
 
 
-def init_app(app: Flask, settings: Settings) -> Limiter | None:
-    """The limiter (in ``app.extensions["explain_limiter"]``, None without a rate limit) and the quota
-    check after it (counting in ``app.extensions["explain_quota"]``)."""
-    limits = [part.strip() for part in settings.ratelimit_default.split(";") if part.strip()]
+def parse_rates(text: str) -> tuple[RateLimitItem, ...]:
+    """``"100/hour; 5/minute"`` as limit items, shortest window first; empty pieces are ignored."""
+    pieces = [piece.strip() for piece in text.split(";") if piece.strip()]
+    return tuple(sorted(parse_many(";".join(pieces)))) if pieces else ()
+
+
+def init_app(app: Flask, settings: Settings) -> Limits:
+    """Count the limits (``app.extensions["explain_limits"]``); install the rate-limit check and its
+    headers when a rate limit is set, and the quota check after it."""
     storage_uri = settings.ratelimit_storage_uri
     if storage_uri.split("://", 1)[0] == "memory":
         storage_uri = f"{memory.SCHEME}://"
-    limiter: Limiter | None = None
-    counter: RateLimiter
-    if limits:
-        limiter = Limiter(
-            rate_key,
-            app=app,
-            application_limits=limits,  # type: ignore[arg-type]
-            application_limits_cost=request_units,
-            application_limits_exempt_when=exempt,
-            storage_uri=storage_uri,
-            strategy="moving-window",
-            headers_enabled=True,
-            key_prefix=settings.ratelimit_key_prefix,
-            on_breach=_breached,
-        )
-        counter = limiter.limiter
-    else:
-        # No limit applies to any route: flask-limiter's hooks would look for one on every request
-        # (about 0.1 ms) and find none. The quota counts in the same storage, on its own.
-        counter = MovingWindowRateLimiter(storage_from_string(storage_uri))
-    app.extensions["explain_limiter"] = limiter
-    app.extensions["explain_quota"] = counter
+    state = Limits(
+        rates=parse_rates(settings.ratelimit_default),
+        counter=MovingWindowRateLimiter(storage_from_string(storage_uri)),
+        key_prefix=settings.ratelimit_key_prefix,
+    )
+    app.extensions["explain_limits"] = state
+    if state.rates:
+        app.before_request(check_rate_limits)
+        app.after_request(write_rate_limit_headers)
     app.before_request(charge_counterfactual_quota)
-    return limiter
+    return state
 
 
-def _breached(_limit: RequestLimit) -> None:
-    metrics.rate_limited("rate")
+def check_rate_limits() -> None:
+    """Spend the request's units on each rate limit; 429 at the first that has too few left."""
+    if exempt():
+        return
+    state: Limits = current_app.extensions["explain_limits"]
+    key = (state.key_prefix, rate_key(), RATE_SCOPE)
+    units = request_units()
+    for rate in state.rates:
+        if not state.counter.hit(rate, *key, cost=units):
+            stats = state.counter.get_window_stats(rate, *key)
+            g.rate_limit = (rate, stats)
+            metrics.rate_limited("rate")
+            raise TooManyRequests(
+                f"This key's rate limit of {rate} (in cost units) is reached "
+                f"({stats.remaining} left, {units} asked)",
+                retry_after=math.ceil(stats.reset_time - time.time()),
+            )
+    shortest = state.rates[0]
+    g.rate_limit = (shortest, state.counter.get_window_stats(shortest, *key))
+
+
+def write_rate_limit_headers(response: Response) -> Response:
+    """Report the limit the check read (see the module docstring); nothing when no limit counted."""
+    seen = g.get("rate_limit")
+    if seen is not None:
+        rate, stats = seen
+        response.headers["X-RateLimit-Limit"] = str(rate.amount)
+        response.headers["X-RateLimit-Remaining"] = str(stats.remaining)
+        response.headers["X-RateLimit-Reset"] = str(int(stats.reset_time + 1))
+    return response
 
 
 def charge_counterfactual_quota() -> None:
@@ -96,7 +136,7 @@ def charge_counterfactual_quota() -> None:
     quota = settings.counterfactual_daily_quota
     if not isinstance(work, Work) or work.counterfactual_instances == 0 or quota <= 0:
         return
-    counter: RateLimiter = current_app.extensions["explain_quota"]
+    counter = current_app.extensions["explain_limits"].counter
     item = parse(f"{quota}/day")
     # Prefixed as the rate limits are, so that deployments sharing one Redis keep their own quotas.
     key = (settings.ratelimit_key_prefix, QUOTA_SCOPE, rate_key())
