@@ -20,6 +20,7 @@ import shutil
 import socket
 import subprocess
 import time
+import tomllib
 import urllib.request
 import uuid
 from pathlib import Path
@@ -59,8 +60,11 @@ def pins() -> dict[str, str]:
 
 
 def runtime_closure() -> set[str]:
-    """The package's runtime dependencies and theirs, as installed here (markers evaluated)."""
-    todo = [Requirement(r) for r in importlib.metadata.requires("explain-service") or []]
+    """The package's runtime dependencies as this checkout's pyproject.toml declares them (the installed
+    metadata of an editable install is that of the day it was installed), and theirs as installed here
+    (markers evaluated)."""
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    todo = [Requirement(r) for r in declared]
     todo = [r for r in todo if r.marker is None or r.marker.evaluate({"extra": ""})]
     seen: set[str] = set()
     while todo:
