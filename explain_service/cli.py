@@ -79,7 +79,10 @@ def serve(
     from explain_service.access.commands import prepare_serve
 
     configure_app_logging()
-    settings = _settings()
+    try:  # a bad setting is one line here, not a worker that fails to boot with a traceback
+        settings = _settings()
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     os.environ["EXPLAIN_ACCESS_LOG"] = "1" if access_log else "0"
     if bool(certfile) != bool(keyfile):
         raise click.ClickException("--certfile and --keyfile go together")

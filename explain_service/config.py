@@ -54,4 +54,13 @@ class Settings:
         settings = cls(**values)
         if settings.auth not in ("required", "off"):
             raise ValueError(f"EXPLAIN_AUTH must be 'required' or 'off', not {settings.auth!r}")
+        from explain_service.access.limits import parse_rates
+
+        try:
+            parse_rates(settings.ratelimit_default)
+        except ValueError:
+            raise ValueError(
+                "EXPLAIN_RATELIMIT_DEFAULT must be limits such as '600/minute' or '10/second;600/minute', "
+                f"not {settings.ratelimit_default!r}"
+            ) from None
         return settings

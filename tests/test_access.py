@@ -241,6 +241,21 @@ def test_first_serve_creates_one_admin_key_and_refuses_open_access_off_loopback(
     assert is_loopback("127.0.0.2") and is_loopback("localhost") and not is_loopback("10.0.0.1")
     with pytest.raises(ValueError, match="EXPLAIN_AUTH"):
         Settings.from_env({"EXPLAIN_AUTH": "maybe"})
+    with pytest.raises(ValueError, match="EXPLAIN_RATELIMIT_DEFAULT"):
+        Settings.from_env({"EXPLAIN_RATELIMIT_DEFAULT": "600/minute;lots/sometimes"})
+
+
+@pytest.mark.parametrize(
+    "env", [{"EXPLAIN_AUTH": "maybe"}, {"EXPLAIN_RATELIMIT_DEFAULT": "lots/sometimes"}], ids=["auth", "limit"]
+)
+def test_serve_refuses_a_bad_setting_in_one_line_before_starting(
+    env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["serve", "--port", "1"], env=env)
+    assert result.exit_code == 2, result.output
+    assert next(iter(env)) in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "var").exists()  # nothing was started or created
 
 
 def test_security_headers_on_every_response(secured) -> None:

@@ -112,7 +112,7 @@ def check_rate_limits() -> None:
             raise TooManyRequests(
                 f"This key's rate limit of {rate} (in cost units) is reached "
                 f"({stats.remaining} left, {units} asked)",
-                retry_after=math.ceil(stats.reset_time - time.time()),
+                retry_after=max(1, math.ceil(stats.reset_time - time.time())),
             )
     shortest = state.rates[0]
     g.rate_limit = (shortest, state.counter.get_window_stats(shortest, *key))
