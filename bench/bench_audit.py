@@ -82,6 +82,19 @@ def under_load(port: int, bodies: list[bytes], seconds: float) -> tuple[int, flo
     return len(flat), wall, flat
 
 
+def taking_turns(ports: dict[str, int], bodies: list[bytes]) -> dict[str, tuple[int, float, list[float]]]:
+    """``ROUNDS`` rounds under load in which every server takes a turn, each round starting with the
+    next one, so that machine noise hits all alike: {name: (answers, wall seconds, latencies)}."""
+    out: dict[str, tuple[int, float, list[float]]] = {name: (0, 0.0, []) for name in ports}
+    names = list(ports)
+    for r in range(ROUNDS):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            n, wall, lat = under_load(ports[name], bodies, ROUND_SECONDS)
+            total_n, total_wall, total_lat = out[name]
+            out[name] = (total_n + n, total_wall + wall, total_lat + lat)
+    return out
+
+
 def measure(
     database_url: str,
     bodies: list[bytes],
@@ -107,13 +120,8 @@ def measure(
         for port in ports.values():
             under_load(port, bodies, 1.0)  # warm every thread's path
         notes.write_text("")  # commits under load only
-        for r in range(ROUNDS):
-            order = ["with", "without"] if r % 2 == 0 else ["without", "with"]
-            for side in order:
-                n, wall, lat = under_load(ports[side], bodies, ROUND_SECONDS)
-                out[side]["n"] += n
-                out[side]["wall"] += wall
-                out[side]["lat"] += lat
+        for side, (n, wall, lat) in taking_turns(ports, bodies).items():
+            out[side].update(n=n, wall=wall, lat=lat)
         commits = [line.split() for line in notes.read_text().splitlines()]
         out["commits"] = (len(commits), sum(int(n) for _, n in commits), sum(float(t) for t, _ in commits))
         for b in bodies[:N]:
@@ -136,7 +144,6 @@ DECOMPOSITION = {
 def decomposition(bodies: list[bytes]) -> dict[str, tuple[float, list[float]]]:
     """The servers of DECOMPOSITION (SQLite, threaded worker) side by side, taking turns under 8 clients:
     what the flush, the database and the rest of the audit path each cost. {name: (req/s, latencies)}."""
-    out: dict[str, tuple[int, float, list[float]]] = {name: (0, 0.0, []) for name in DECOMPOSITION}
     with contextlib.ExitStack() as stack:
         ports: dict[str, int] = {}
         for name, (app, extra) in DECOMPOSITION.items():
@@ -150,12 +157,7 @@ def decomposition(bodies: list[bytes]) -> dict[str, tuple[float, list[float]]]:
             ports[name] = int(stack.enter_context(gunicorn(app, env=env)).rsplit(":", 1)[1])
         for port in ports.values():
             under_load(port, bodies, 1.0)
-        names = list(ports)
-        for r in range(ROUNDS):
-            for name in names[r % len(names) :] + names[: r % len(names)]:
-                n, wall, lat = under_load(ports[name], bodies, ROUND_SECONDS)
-                total_n, total_wall, total_lat = out[name]
-                out[name] = (total_n + n, total_wall + wall, total_lat + lat)
+        out = taking_turns(ports, bodies)
     return {name: (n / wall, lat) for name, (n, wall, lat) in out.items()}
 
 

@@ -132,17 +132,16 @@ def write_rate_limit_headers(response: Response) -> Response:
 def charge_counterfactual_quota() -> None:
     """Spend the key's daily counterfactual quota; 429 once it is used up."""
     work = g.get("work")
-    settings: Settings = current_app.extensions["explain"].settings
-    quota = settings.counterfactual_daily_quota
+    quota = current_app.extensions["explain"].settings.counterfactual_daily_quota
     if not isinstance(work, Work) or work.counterfactual_instances == 0 or quota <= 0:
         return
-    counter = current_app.extensions["explain_limits"].counter
+    state: Limits = current_app.extensions["explain_limits"]
     item = parse(f"{quota}/day")
     # Prefixed as the rate limits are, so that deployments sharing one Redis keep their own quotas.
-    key = (settings.ratelimit_key_prefix, QUOTA_SCOPE, rate_key())
-    if counter.hit(item, *key, cost=work.counterfactual_instances):
+    key = (state.key_prefix, QUOTA_SCOPE, rate_key())
+    if state.counter.hit(item, *key, cost=work.counterfactual_instances):
         return
-    stats = counter.get_window_stats(item, *key)
+    stats = state.counter.get_window_stats(item, *key)
     retry = max(1, math.ceil(stats.reset_time - time.time()))
     metrics.rate_limited("quota")
     raise TooManyRequests(
