@@ -114,6 +114,49 @@ def test_with_several_limits_the_headers_describe_the_shortest_until_one_refuses
     assert ["Retry-After" in r.headers for r in responses] == [False, False, False, True]
 
 
+def test_a_request_one_limit_refuses_spends_nothing_on_the_others(
+    demo_models_dir: Path, tmp_path: Path
+) -> None:
+    app = make(demo_models_dir, tmp_path, ratelimit_default="10/minute;4/hour")
+    client = app.test_client()
+    (a,) = keys(app, "a")
+    two = {"instances": [GERMAN_ROW] * 2, "methods": ["shap"]}  # 2 cost units
+    statuses = [
+        client.post("/v1/models/german-credit:explain", json=two, headers=a).status_code for _ in range(3)
+    ]
+    assert statuses == [200, 200, 429]  # the hour is spent after two
+    state = app.extensions["explain_limits"]
+    minute, hour = state.rates
+    left = {str(rate): state.counter.get_window_stats(rate, state.key_prefix, "key:a", "global").remaining
+            for rate in (minute, hour)}  # fmt: skip
+    assert left == {str(minute): 6, str(hour): 0}  # the refused request did not spend the minute's units
+
+
+def test_a_request_larger_than_a_whole_limit_is_a_413_naming_the_field(
+    demo_models_dir: Path, tmp_path: Path
+) -> None:
+    app = make(demo_models_dir, tmp_path, ratelimit_default="5/minute", counterfactual_daily_quota=3)
+    client = app.test_client()
+    (a,) = keys(app, "a")
+    url = "/v1/models/german-credit:explain"
+    r = client.post(url, json={"instances": [GERMAN_ROW] * 6, "methods": ["shap"]}, headers=a)
+    assert r.status_code == 413 and "Retry-After" not in r.headers
+    assert list(r.get_json()["errors"]) == ["instances"]
+    assert "6 cost units" in r.get_json()["message"] and "5 per 1 minute" in r.get_json()["message"]
+    lime = {"instances": [GERMAN_ROW], "methods": ["lime"], "options": {"lime": {"num_samples": 4096}}}
+    r = client.post(url, json=lime, headers=a)  # 8 units in one instance: the samples weigh
+    assert (r.status_code, list(r.get_json()["errors"])) == (413, ["options.lime.num_samples"])
+    r = client.get(CHEAP, headers=a)  # neither refusal spent anything
+    assert (r.status_code, r.headers["X-RateLimit-Remaining"]) == (200, "4")
+
+    unlimited = make(demo_models_dir, tmp_path, ratelimit_default="", counterfactual_daily_quota=3)
+    (b,) = keys(unlimited, "b")
+    cf = {"instances": [GERMAN_ROW] * 4, "methods": ["counterfactual"]}
+    r = unlimited.test_client().post(url, json=cf, headers=b)
+    assert (r.status_code, list(r.get_json()["errors"])) == (413, ["instances"])
+    assert "daily quota of 3 counterfactual instances" in r.get_json()["message"]
+
+
 def test_an_explain_costs_by_instances_and_methods(demo_models_dir: Path, tmp_path: Path) -> None:
     tree = {"instances": [GERMAN_ROW] * 3, "methods": ["shap"]}
     assert measure(tree, agnostic=False, max_instances=100) == Work(units=3)

@@ -13,12 +13,18 @@ budget for every worker and host. Keys carry ``EXPLAIN_RATELIMIT_KEY_PREFIX``, s
 one Redis keep their own budgets.
 
 Per request, :func:`check_rate_limits` spends the request's units on every limit, shortest window
-first, and stops at the first that refuses: 429 in the JSON error shape with ``Retry-After``. It
-then reads the window of one limit, the refusing one or else the shortest, and
+first, and stops at the first that refuses: 429 in the JSON error shape with ``Retry-After``. With
+several limits it first reads each window, so that a request one of them refuses spends nothing on
+the others (two requests racing between the read and the spending may still charge a shorter window
+for a refusal). It then reads the window of one limit, the refusing one or else the shortest, and
 :func:`write_rate_limit_headers` reports that one (``X-RateLimit-Limit``, ``-Remaining`` after this
-request, ``-Reset`` as a Unix time): one hit per limit and one window read per request. These are
-the names, keys and choice of limit flask-limiter used before, so counts already in Redis carry over.
-With no rate limit set neither hook is installed and the quota counts in the storage by itself.
+request, ``-Reset`` as a Unix time): with one limit, one hit and one window read per request. These
+are the names, keys and choice of limit flask-limiter used before, so counts already in Redis carry
+over. With no rate limit set neither hook is installed and the quota counts in the storage by itself.
+
+A request that costs more than a limit (or the daily quota) holds in all is answered 413, naming the
+field that makes it that large: no wait would ever admit it, so a 429 with ``Retry-After`` would send
+a client into retrying forever.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import NoReturn
 
 from flask import Flask, Response, current_app, g, request
 from limits import RateLimitItem, parse, parse_many
@@ -38,7 +45,7 @@ from explain_service.access.costs import FLAT, Work
 from explain_service.access.guard import current_principal
 from explain_service.access.rules import rule_for
 from explain_service.config import Settings
-from explain_service.errors import TooManyRequests
+from explain_service.errors import PayloadTooLarge, TooManyRequests
 
 QUOTA_SCOPE = "counterfactual-quota"
 # The scope flask-limiter gave application-wide limits: part of every rate-limit key in the storage.
@@ -105,17 +112,39 @@ def check_rate_limits() -> None:
     key = (state.key_prefix, rate_key(), RATE_SCOPE)
     units = request_units()
     for rate in state.rates:
+        if units > rate.amount:
+            g.rate_limit = (rate, state.counter.get_window_stats(rate, *key))
+            work = g.get("work")
+            field = work.largest if isinstance(work, Work) and work.largest is not None else "instances"
+            raise _never_admitted(f"this key's rate limit of {rate}", units, "cost units", field)
+    if len(state.rates) > 1:  # refused by any, charged on none
+        for rate in state.rates:
+            if not state.counter.test(rate, *key, cost=units):
+                _refuse(state, rate, key, units)
+    for rate in state.rates:
         if not state.counter.hit(rate, *key, cost=units):
-            stats = state.counter.get_window_stats(rate, *key)
-            g.rate_limit = (rate, stats)
-            metrics.rate_limited("rate")
-            raise TooManyRequests(
-                f"This key's rate limit of {rate} (in cost units) is reached "
-                f"({stats.remaining} left, {units} asked)",
-                retry_after=max(1, math.ceil(stats.reset_time - time.time())),
-            )
+            _refuse(state, rate, key, units)
     shortest = state.rates[0]
     g.rate_limit = (shortest, state.counter.get_window_stats(shortest, *key))
+
+
+def _refuse(state: Limits, rate: RateLimitItem, key: tuple[str, str, str], units: int) -> NoReturn:
+    stats = state.counter.get_window_stats(rate, *key)
+    g.rate_limit = (rate, stats)
+    metrics.rate_limited("rate")
+    raise TooManyRequests(
+        f"This key's rate limit of {rate} (in cost units) is reached ({stats.remaining} left, {units} asked)",
+        retry_after=max(1, math.ceil(stats.reset_time - time.time())),
+    )
+
+
+def _never_admitted(limit: str, asked: int, what: str, field: str) -> PayloadTooLarge:
+    """The 413 for a request larger than a whole limit; ``field`` names what makes it that large."""
+    message = (
+        f"This request asks for {asked} {what}; {limit} can never admit it. "
+        "Split it into smaller requests, or use the batch job"
+    )
+    return PayloadTooLarge(message, {field: [f"Asks for {asked} {what}, more than the limit holds."]})
 
 
 def write_rate_limit_headers(response: Response) -> Response:
@@ -136,6 +165,13 @@ def charge_counterfactual_quota() -> None:
     if not isinstance(work, Work) or work.counterfactual_instances == 0 or quota <= 0:
         return
     state: Limits = current_app.extensions["explain_limits"]
+    if work.counterfactual_instances > quota:
+        raise _never_admitted(
+            f"this key's daily quota of {quota} counterfactual instances",
+            work.counterfactual_instances,
+            "counterfactual instances",
+            "instances",
+        )
     item = parse(f"{quota}/day")
     # Prefixed as the rate limits are, so that deployments sharing one Redis keep their own quotas.
     key = (state.key_prefix, QUOTA_SCOPE, rate_key())
