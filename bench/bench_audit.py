@@ -28,10 +28,12 @@ import contextlib
 import http.client
 import json
 import os
+import resource
 import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -50,8 +52,48 @@ ROUND_SECONDS = 3.0
 SYNC = {"GUNICORN_CMD_ARGS": "--worker-class explain_service.gunicorn_worker.JsonErrorWorker"}
 
 
-def under_load(port: int, bodies: list[bytes], seconds: float) -> tuple[int, float, list[float]]:
-    """``CLIENTS`` threads, one kept-alive connection each, for ``seconds``: (answers, wall, latencies)."""
+@dataclass
+class Load:
+    """What rounds under load gave: answers, wall seconds, latencies, and where the CPU went: the whole
+    machine's busy and idle CPU seconds, and the load generator's own (this process)."""
+
+    n: int = 0
+    wall: float = 0.0
+    lat: list[float] = field(default_factory=list)
+    busy: float = 0.0
+    idle: float = 0.0
+    clients: float = 0.0
+
+    def __add__(self, other: Load) -> Load:
+        return Load(
+            self.n + other.n,
+            self.wall + other.wall,
+            self.lat + other.lat,
+            self.busy + other.busy,
+            self.idle + other.idle,
+            self.clients + other.clients,
+        )
+
+    def cpu_ms(self) -> tuple[float, float, float]:
+        """Per answer: the machine's CPU (ms), the load generator's share of it (ms); the idle fraction."""
+        return 1000 * self.busy / self.n, 1000 * self.clients / self.n, self.idle / (self.busy + self.idle)
+
+
+def _machine_cpu() -> tuple[float, float]:
+    """(busy, idle) CPU seconds of the whole machine since boot, from /proc/stat."""
+    with open("/proc/stat") as f:
+        user, nice, system, idle, iowait, irq, softirq, steal = (int(x) for x in f.readline().split()[1:9])
+    tick = os.sysconf("SC_CLK_TCK")
+    return (user + nice + system + irq + softirq + steal) / tick, (idle + iowait) / tick
+
+
+def _own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def under_load(port: int, bodies: list[bytes], seconds: float) -> Load:
+    """``CLIENTS`` threads, one kept-alive connection each, for ``seconds``."""
     latencies: list[list[float]] = [[] for _ in range(CLIENTS)]
     stop = time.perf_counter() + seconds
 
@@ -72,26 +114,25 @@ def under_load(port: int, bodies: list[bytes], seconds: float) -> tuple[int, flo
             conn.close()
 
     threads = [threading.Thread(target=client, args=(k,)) for k in range(CLIENTS)]
-    t0 = time.perf_counter()
+    (busy0, idle0), own0, t0 = _machine_cpu(), _own_cpu(), time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
+    (busy1, idle1), own1 = _machine_cpu(), _own_cpu()
     flat = [x for per in latencies for x in per]
-    return len(flat), wall, flat
+    return Load(len(flat), wall, flat, busy1 - busy0, idle1 - idle0, own1 - own0)
 
 
-def taking_turns(ports: dict[str, int], bodies: list[bytes]) -> dict[str, tuple[int, float, list[float]]]:
+def taking_turns(ports: dict[str, int], bodies: list[bytes]) -> dict[str, Load]:
     """``ROUNDS`` rounds under load in which every server takes a turn, each round starting with the
-    next one, so that machine noise hits all alike: {name: (answers, wall seconds, latencies)}."""
-    out: dict[str, tuple[int, float, list[float]]] = {name: (0, 0.0, []) for name in ports}
+    next one, so that machine noise hits all alike."""
+    out = {name: Load() for name in ports}
     names = list(ports)
     for r in range(ROUNDS):
         for name in names[r % len(names) :] + names[: r % len(names)]:
-            n, wall, lat = under_load(ports[name], bodies, ROUND_SECONDS)
-            total_n, total_wall, total_lat = out[name]
-            out[name] = (total_n + n, total_wall + wall, total_lat + lat)
+            out[name] += under_load(ports[name], bodies, ROUND_SECONDS)
     return out
 
 
@@ -108,10 +149,7 @@ def measure(
         "BENCH_AUDIT_OBSERVATIONS": str(notes),
         **(extra_env or {}),
     }
-    out: dict = {
-        "with": {"n": 0, "wall": 0.0, "lat": [], "seq": []},
-        "without": {"n": 0, "wall": 0.0, "lat": [], "seq": []},
-    }
+    out: dict = {"with": {"seq": []}, "without": {"seq": []}}
     with (
         gunicorn(audited, env=env) as with_audit,
         gunicorn("bench.noaudit_app:create_app()", env=env) as bare,
@@ -120,8 +158,8 @@ def measure(
         for port in ports.values():
             under_load(port, bodies, 1.0)  # warm every thread's path
         notes.write_text("")  # commits under load only
-        for side, (n, wall, lat) in taking_turns(ports, bodies).items():
-            out[side].update(n=n, wall=wall, lat=lat)
+        for side, load in taking_turns(ports, bodies).items():
+            out[side]["load"] = load
         commits = [line.split() for line in notes.read_text().splitlines()]
         out["commits"] = (len(commits), sum(int(n) for _, n in commits), sum(float(t) for t, _ in commits))
         for b in bodies[:N]:
@@ -141,9 +179,9 @@ DECOMPOSITION = {
 }
 
 
-def decomposition(bodies: list[bytes]) -> dict[str, tuple[float, list[float]]]:
+def decomposition(bodies: list[bytes]) -> dict[str, Load]:
     """The servers of DECOMPOSITION (SQLite, threaded worker) side by side, taking turns under 8 clients:
-    what the flush, the database and the rest of the audit path each cost. {name: (req/s, latencies)}."""
+    what the flush, the database and the rest of the audit path each cost."""
     with contextlib.ExitStack() as stack:
         ports: dict[str, int] = {}
         for name, (app, extra) in DECOMPOSITION.items():
@@ -157,8 +195,41 @@ def decomposition(bodies: list[bytes]) -> dict[str, tuple[float, list[float]]]:
             ports[name] = int(stack.enter_context(gunicorn(app, env=env)).rsplit(":", 1)[1])
         for port in ports.values():
             under_load(port, bodies, 1.0)
-        out = taking_turns(ports, bodies)
-    return {name: (n / wall, lat) for name, (n, wall, lat) in out.items()}
+        return taking_turns(ports, bodies)
+
+
+def append_cpu(bodies: list[bytes], groups: tuple[int, ...] = (1, 2, 4, 8)) -> dict[int, float]:
+    """CPU time (ms, this thread's, kernel included) per record of a durable append in one process, one
+    thread, no other load, by the records each commit holds: {records per commit: ms per record}.
+
+    Real record bodies (from ``:explain`` calls through the Flask test client) appended through
+    :meth:`AuditStore.append_raw` with durability ``full``: canonical form, the group, the seal, SQLite's
+    insert and commit, the flush. Building the record body from the explanation is not included."""
+    from explain_service.app import create_app
+    from explain_service.audit.store import AuditEntry
+
+    out: dict[int, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = {"models_dir": str(MODELS), "database_url": f"sqlite:///{tmp}/a.sqlite3"}
+        app = create_app({**settings, "plots_dir": f"{tmp}/plots", "auth": "off", "ratelimit_default": ""})
+        client = app.test_client()
+        for body in bodies[:64]:
+            client.post(PATH, data=body, content_type="application/json")
+        store = app.extensions["explain"].audit
+        entries = [
+            AuditEntry(r.body, r.model_name, r.model_version, r.model_sha256, r.caller)
+            for r in store.list_records(limit=64)
+        ]
+        for size in groups:
+            calls = IN_PROCESS // size
+            store.append_raw(entries[:size])  # warm
+            cpu = time.thread_time()
+            for i in range(calls):
+                start = (i * size) % len(entries)
+                store.append_raw(entries[start : start + size])
+            out[size] = 1000 * (time.thread_time() - cpu) / (calls * size)
+        store.close()
+    return out
 
 
 def in_process(bodies: list[bytes], durability: str) -> dict[str, tuple[float, float]]:
@@ -231,35 +302,54 @@ def main() -> None:
         "",
         "| audit store, worker | req/s with audit | req/s without | ratio (goal >= 0.9x) "
         "| p50 under load with / without (ms) | ratio (goal <= 1.15x) | p99 under load with / without (ms) "
-        "| sequential p50 with / without (ms) | records per commit under load (mean) | commit (ms, mean) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| sequential p50 with / without (ms) | records per commit under load (mean) | commit (ms, mean) "
+        "| machine CPU per answer with / without (ms) | cores idle with / without |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, m in stores.items():
-        a, b = m["with"], m["without"]
+        a, b = m["with"]["load"], m["without"]["load"]
         commits, records, seconds = m["commits"]
-        rps_a, rps_b = a["n"] / a["wall"], b["n"] / b["wall"]
-        p50a, p50b = percentile_ms(a["lat"], 50), percentile_ms(b["lat"], 50)
+        rps_a, rps_b = a.n / a.wall, b.n / b.wall
+        p50a, p50b = percentile_ms(a.lat, 50), percentile_ms(b.lat, 50)
+        (cpu_a, _, idle_a), (cpu_b, _, idle_b) = a.cpu_ms(), b.cpu_ms()
         lines.append(
             f"| {name} | {rps_a:.0f} | {rps_b:.0f} | **{rps_a / rps_b:.2f}x** | {p50a:.2f} / {p50b:.2f} "
-            f"| **{p50a / p50b:.2f}x** | {percentile_ms(a['lat'], 99):.2f} / {percentile_ms(b['lat'], 99):.2f} "
-            f"| {percentile_ms(a['seq'], 50):.2f} / {percentile_ms(b['seq'], 50):.2f} "
-            f"| {records / commits:.2f} | {1000 * seconds / commits:.2f} |"
+            f"| **{p50a / p50b:.2f}x** | {percentile_ms(a.lat, 99):.2f} / {percentile_ms(b.lat, 99):.2f} "
+            f"| {percentile_ms(m['with']['seq'], 50):.2f} / {percentile_ms(m['without']['seq'], 50):.2f} "
+            f"| {records / commits:.2f} | {1000 * seconds / commits:.2f} "
+            f"| {cpu_a:.2f} / {cpu_b:.2f} | {idle_a:.0%} / {idle_b:.0%} |"
         )
     parts = decomposition(bodies)
-    bare_rps = parts["no audit"][0]
+    bare = parts["no audit"]
     lines += [
         "",
         f"Where the cost lies: four servers on SQLite (threaded worker) side by side in one run, taking "
-        f"turns under {CLIENTS} clients ({ROUNDS} rounds of {ROUND_SECONDS:g} s each):",
+        f"turns under {CLIENTS} clients ({ROUNDS} rounds of {ROUND_SECONDS:g} s each). CPU per answer is "
+        "the whole machine's (servers, kernel, database, load generator) over the answers of the turns; "
+        "the load generator's part is this process's own:",
         "",
-        "| server | req/s | vs no audit | p50 (ms) | p99 (ms) |",
-        "|---|---|---|---|---|",
+        "| server | req/s | vs no audit | p50 (ms) | p99 (ms) | machine CPU per answer (ms) "
+        "| of it the load generator (ms) | cores idle |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for name, (rps, lat) in parts.items():
+    for name, load in parts.items():
+        cpu, clients, idle = load.cpu_ms()
         lines.append(
-            f"| {name} | {rps:.0f} | {rps / bare_rps:.2f}x | {percentile_ms(lat, 50):.2f} "
-            f"| {percentile_ms(lat, 99):.2f} |"
+            f"| {name} | {load.n / load.wall:.0f} | {load.n / load.wall / (bare.n / bare.wall):.2f}x "
+            f"| {percentile_ms(load.lat, 50):.2f} | {percentile_ms(load.lat, 99):.2f} | {cpu:.2f} "
+            f"| {clients:.2f} | {idle:.0%} |"
         )
+    floor = append_cpu(bodies)
+    lines += [
+        "",
+        f"The append alone, in process (one thread, no other load, durability full, {IN_PROCESS} records "
+        "per size): CPU per record of `AuditStore.append_raw` (canonical form, group, seal, insert, commit, "
+        "flush; kernel included) by the records one commit holds.",
+        "",
+        "| records per commit | " + " | ".join(str(size) for size in floor) + " |",
+        "|---|" + "---|" * len(floor),
+        "| CPU per record (ms) | " + " | ".join(f"{ms:.3f}" for ms in floor.values()) + " |",
+    ]
     lines += [
         "",
         f"In process (Flask test client, one thread, SQLite, {IN_PROCESS} calls each, alternating): what "
