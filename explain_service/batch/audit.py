@@ -18,6 +18,12 @@ get new records, and the trail shows both runs. The key travels in the chunk pla
 chunks are computed (worker processes, Dask workers), which run the job's code and see its rows
 anyway; it is never written anywhere else.
 
+A job with ``--audit`` obeys the stop button (:mod:`explain_service.audit.suspensions`) of its store:
+it does not start while its model or version is suspended, and a suspension made while it runs stops it
+before the next chunk's records are stored (the chunks committed so far are kept for ``--resume``). With
+``--route-reviews`` its records carry the model's review routing, as the API's do, so flagged rows join
+the reviewers' queue; without it ``review`` is null (not evaluated), as a whole data set could flood it.
+
 Each record's body carries ``"batch": {"job", "row", "ids"}``: the job's id (a hash of its
 identity), the input row and the values of the ``--id-columns`` for that row, so a reviewer
 reading a record finds the caller's own ids without the output file.
@@ -45,6 +51,10 @@ class AuditRefused(Exception):
     """The audit store cannot be used (the message says why)."""
 
 
+class ModelStopped(Exception):
+    """The job's model is suspended in its audit store (the message names who, when and why)."""
+
+
 def audit_ref(url: str | None) -> str | None:
     """The audit database in the job identity, without its password."""
     if url is None:
@@ -69,6 +79,16 @@ def open_audit_store(url: str) -> Any:
     except (AuditError, ValueError) as exc:
         raise AuditRefused(f"audit store {audit_ref(url)} is not usable: {exc}") from None
     raise AuditRefused(f"audit store {audit_ref(url)} cannot be reached")
+
+
+def refuse_if_suspended(suspensions: Any, name: str, version: str, when: str) -> None:
+    """Raise :class:`ModelStopped` if ``name@version`` (or the whole model) is suspended; ``when`` says
+    what is refused ("this job cannot start", say)."""
+    found = suspensions.active(name, version)
+    if found is not None:
+        what = name if found.scope == "model" else f"{name}@{version}"
+        by = f" by {found.by}" if found.by else ""
+        raise ModelStopped(f"{what} is suspended{by} since {found.since} ({found.reason}): {when}")
 
 
 def append_once(store: Any, entries: list[Any]) -> None:
@@ -120,9 +140,10 @@ class RowRef:
 class CapturingRecorder:
     """Builds the audit entries of one service call with fixed ids; the driver stores them."""
 
-    def __init__(self, ids: Sequence[str], rows: Sequence[RowRef]) -> None:
+    def __init__(self, ids: Sequence[str], rows: Sequence[RowRef], *, route: bool = False) -> None:
         self.ids = list(ids)
         self.rows = list(rows)
+        self.route = route
         self.entries: list[Any] = []
 
     def record(self, model: Any, entries: list[dict[str, Any]], caller: str | None) -> list[str]:
@@ -130,7 +151,8 @@ class CapturingRecorder:
 
         out = []
         for e, i, ref in zip(entries, self.ids, self.rows, strict=True):
-            entry = entry_for(model, e["instance"], e["explanation"], e["request"], caller)
+            review = e.get("review") if self.route else None
+            entry = entry_for(model, e["instance"], e["explanation"], e["request"], caller, review=review)
             out.append(dataclasses.replace(entry, id=i, body={**entry.body, "batch": ref.body()}))
         self.entries = out
         return list(self.ids)

@@ -162,6 +162,12 @@ the model); their values go into each audit record's body under
 )
 @click.option("--database-url", default=None, help="audit store for --audit (default: $EXPLAIN_DATABASE_URL)")
 @click.option(
+    "--route-reviews",
+    is_flag=True,
+    help="with --audit, route each record by the model's review rules, as the API does: flagged rows "
+    "join the reviewers' queue (off by default: a whole data set can flood it)",
+)
+@click.option(
     "--progress-every",
     type=click.FloatRange(min=0),
     default=10.0,
@@ -185,6 +191,7 @@ def batch(
     audit: bool,
     id_columns: str | None,
     database_url: str | None,
+    route_reviews: bool,
     progress_every: float,
 ) -> None:
     from explain_service.batch.job import JobFailed, JobRefused, JobSpec, run_job
@@ -203,6 +210,8 @@ def batch(
             raise click.BadParameter('expected {"method": {"option": value}}', param_hint="--options")
     if database_url and not audit:
         raise click.BadParameter("--database-url needs --audit", param_hint="--database-url")
+    if route_reviews and not audit:
+        raise click.BadParameter("--route-reviews needs --audit", param_hint="--route-reviews")
     settings = Settings.from_env(models_dir=models_dir, database_url=database_url)
     if output_space:
         options.setdefault("shap", {})["output"] = output_space
@@ -221,6 +230,7 @@ def batch(
         workers=workers,
         scheduler=scheduler,
         audit_url=settings.database_url if audit else None,
+        route_reviews=route_reviews,
         id_columns=tuple(c.strip() for c in id_columns.split(",")) if id_columns is not None else (),
     )
     try:

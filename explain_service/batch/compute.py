@@ -94,6 +94,8 @@ class ChunkPlan:
     # The class counterfactuals aim at: the --target class when one was named, else the one rule
     # of ``counterfactual_goals`` (None), not the job's default attribution target.
     counterfactual_target: str | None = None
+    # With --route-reviews: records carry the model's review routing (else ``review`` is null).
+    route_reviews: bool = False
 
 
 @dataclass
@@ -220,7 +222,7 @@ def _audited_columns(
     entries: list[Any] = []
     for lo in range(0, len(ids), step):
         hi = min(lo + step, len(ids))
-        recorder = CapturingRecorder(ids[lo:hi], refs[lo:hi])
+        recorder = CapturingRecorder(ids[lo:hi], refs[lo:hi], route=plan.route_reviews)
         service = ExplainService(recorder=recorder, explainers=dict(EXPLAINERS))
         part = {n: c[lo:hi] for n, c in columns.items()}
         answer = service.explain(

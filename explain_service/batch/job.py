@@ -32,7 +32,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import explain_service
-from explain_service.batch.audit import AuditRefused, append_once, audit_ref, open_audit_store
+from explain_service.batch.audit import (
+    AuditRefused,
+    ModelStopped,
+    append_once,
+    audit_ref,
+    open_audit_store,
+    refuse_if_suspended,
+)
 from explain_service.batch.compute import PARQUET_OPTIONS, ChunkPlan, RawChunk, _explained_columns
 from explain_service.batch.engines import (
     DaskEngine,
@@ -90,6 +97,7 @@ class JobSpec:
     scheduler: str | None = None
     audit_url: str | None = None
     id_columns: tuple[str, ...] = ()
+    route_reviews: bool = False
 
 
 @dataclass
@@ -187,6 +195,8 @@ def prepare(spec: JobSpec) -> PreparedJob:
         "audit": audit,
         "id_columns": list(id_columns),
     }
+    if spec.route_reviews:  # only then, so that the jobs of earlier versions still resume
+        identity["route_reviews"] = True
     plan = ChunkPlan(
         model_sha256=model.sha256,
         methods=tuple(methods),
@@ -200,6 +210,7 @@ def prepare(spec: JobSpec) -> PreparedJob:
         raw_options=spec.options,
         audit_job=_job_id(identity) if spec.audit_url else None,
         id_columns=id_columns,
+        route_reviews=spec.route_reviews,
     )
     _trial(model, plan)
     version_dir = spec.models_dir / model.name / model.version
@@ -362,8 +373,11 @@ def run_job(spec: JobSpec, progress: Progress | None = None) -> Summary:
         store = open_audit_store(spec.audit_url) if spec.audit_url else None
     except AuditRefused as exc:
         raise JobRefused(str(exc)) from None
+    suspensions = _suspensions(store)
     parts = PartsDir(spec.output)
     try:
+        if suspensions is not None:
+            _obey(suspensions, job, "this job cannot run until it is resumed")
         manifest = _open_parts(parts, job)
         if parts.audit_key is not None:
             job.plan = dataclasses.replace(job.plan, audit_key=parts.audit_key)
@@ -373,7 +387,7 @@ def run_job(spec: JobSpec, progress: Progress | None = None) -> Summary:
             job.info.total_rows, exact=job.info.exact_total, done=sum(r.rows for r in resumed.values())
         )
         if manifest.total_chunks is None or len(manifest.chunks) < manifest.total_chunks:
-            engine_name = _compute(job, parts, resumed, store, progress)
+            engine_name = _compute(job, parts, resumed, store, suspensions, progress)
         else:
             engine_name = "nothing left to compute"
         try:
@@ -383,10 +397,31 @@ def run_job(spec: JobSpec, progress: Progress | None = None) -> Summary:
     finally:
         progress.close()
         parts.close()
+        if suspensions is not None:
+            suspensions.close()
         if store is not None:
             store.close()
     progress.finish(summary)
     return summary
+
+
+def _suspensions(store: Any) -> Any:
+    """The stop button of the job's audit store (None without ``--audit``)."""
+    if store is None:
+        return None
+    from explain_service.audit.suspensions import Suspensions
+
+    return Suspensions(store)
+
+
+def _obey(suspensions: Any, job: PreparedJob, when: str) -> None:
+    """JobRefused if the job's model is suspended; a store that cannot tell refuses the job too."""
+    from explain_service.audit import AuditError
+
+    try:
+        refuse_if_suspended(suspensions, job.model.name, job.model.version, when)
+    except (ModelStopped, AuditError) as exc:
+        raise JobRefused(str(exc)) from None
 
 
 def _open_parts(parts: PartsDir, job: PreparedJob) -> JobManifest:
@@ -402,7 +437,12 @@ def _open_parts(parts: PartsDir, job: PreparedJob) -> JobManifest:
 
 
 def _compute(
-    job: PreparedJob, parts: PartsDir, resumed: dict[int, ChunkRecord], store: Any, progress: Progress
+    job: PreparedJob,
+    parts: PartsDir,
+    resumed: dict[int, ChunkRecord],
+    store: Any,
+    suspensions: Any,
+    progress: Progress,
 ) -> str:
     """Compute and commit every chunk not committed yet; returns the engine's description."""
     engine = make_engine(job)
@@ -412,6 +452,14 @@ def _compute(
         with engine:
             for result in engine.run(todo):
                 if store is not None:
+                    try:
+                        _obey(
+                            suspensions,
+                            job,
+                            "the job stopped; resume the model, then run it again with --resume",
+                        )
+                    except JobRefused as exc:
+                        raise JobFailed(str(exc)) from None
                     append_once(store, result.audit)
                 record = ChunkRecord(
                     rows=result.rows,
