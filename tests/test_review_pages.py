@@ -118,7 +118,6 @@ def test_login_refuses_keys_that_may_not_review(site, role, status, message) -> 
         "/review/login",
         "/review/logout",
         "/review/explanations/{id}/reviews",
-        "/review/explanations/{id}/verify",
     ],
 )
 @pytest.mark.parametrize("token", ["missing", "wrong"])
@@ -134,6 +133,21 @@ def test_a_post_without_the_csrf_token_is_refused(site, path, token) -> None:
     assert "security token" in r.get_data(as_text=True)
     assert r.mimetype == "text/html"
     assert site["app"].extensions["explain"].index.reviews(record_id) == []
+
+
+def test_re_verify_is_a_page_of_its_own_that_reloads_without_posting_again(site) -> None:
+    client = site["app"].test_client()
+    log_in(client, site["keys"]["review"])
+    record_id = site["ids"]["german-credit"][0]
+    detail = client.get(f"/review/explanations/{record_id}", headers=HTML).get_data(as_text=True)
+    assert f'<form method="get" action="/review/explanations/{record_id}/verify"' in detail
+    before = site["app"].extensions["explain"].audit.count()
+    for _ in range(2):  # a reload recomputes and stores nothing
+        r = client.get(f"/review/explanations/{record_id}/verify", headers=HTML)
+        assert r.status_code == 200 and "<strong>Identical.</strong>" in r.get_data(as_text=True)
+    assert site["app"].extensions["explain"].audit.count() == before
+    posted = client.post(f"/review/explanations/{record_id}/verify", headers=HTML)
+    assert 400 <= posted.status_code < 500  # no longer a form post
 
 
 def test_the_session_opens_pages_and_their_images_but_not_the_json_api(site) -> None:

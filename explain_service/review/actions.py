@@ -1,6 +1,8 @@
-"""The forms that change something (or compute): review events, re-verify, suspend and resume.
+"""The forms that change something, and re-verify: review events, suspend and resume, and recomputing.
 
-Each is a POST with the session's CSRF token (checked by the blueprint before the view). A review that
+Each form that changes something is a POST with the session's CSRF token (checked by the blueprint before
+the view). Re-verify changes nothing and stores nothing, so it is a GET of its own URL: reloading the
+result recomputes it without the browser asking to send a form again. A review that
 breaks a rule of :mod:`explain_service.audit.reviews` shows the detail page again with the message next
 to the field (422) or the 403 page; a stored review answers 303 back to the detail page, so reloading
 it does not post twice.
@@ -54,7 +56,7 @@ def _decision(raw: str, class_names: list[str]) -> Any:
         return raw
 
 
-@blp.route("/explanations/<record_id>/verify", methods=["POST"])
+@blp.route("/explanations/<record_id>/verify", methods=["GET"])
 def verify(record_id: str) -> Response:
     """Re-run the explanation from the recorded model, input and parameters; show identical or the differences."""
     view = record_view(record_id)
