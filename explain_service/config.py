@@ -20,6 +20,7 @@ class Settings:
     ratelimit_default: str = "600/minute"
     ratelimit_key_prefix: str = "explain-service"
     counterfactual_daily_quota: int = 1000
+    login_failure_limit: str = "10/15 minutes"  # failed sign-ins to the review pages per client address
     request_deadline_seconds: float = 10.0
     request_max_evaluations: int = 2_000_000
     max_instances: int = 100
@@ -62,5 +63,12 @@ class Settings:
             raise ValueError(
                 "EXPLAIN_RATELIMIT_DEFAULT must be limits such as '600/minute' or '10/second;600/minute', "
                 f"not {settings.ratelimit_default!r}"
+            ) from None
+        try:
+            parse_rates(settings.login_failure_limit)
+        except ValueError:
+            raise ValueError(
+                "EXPLAIN_LOGIN_FAILURE_LIMIT must be limits such as '10/15 minutes' (empty: no limit), "
+                f"not {settings.login_failure_limit!r}"
             ) from None
         return settings

@@ -164,8 +164,9 @@ def observe_request(route: str, method: str, status: str, model: str, methods: s
 
 
 def rate_limited(kind: str) -> None:
-    """A request refused 429 by the per-key limit (``"rate"``) or the counterfactual quota (``"quota"``)."""
-    RATE_LIMITED.labels(kind if kind in ("rate", "quota") else "other").inc()
+    """A request refused 429 by the per-key limit (``"rate"``), the counterfactual quota (``"quota"``) or
+    the failed sign-ins of its address (``"login"``)."""
+    RATE_LIMITED.labels(kind if kind in ("rate", "quota", "login") else "other").inc()
 
 
 def model_load_failed(model: str) -> None:

@@ -112,6 +112,28 @@ def test_login_refuses_keys_that_may_not_review(site, role, status, message) -> 
     assert client.get("/review/", headers=HTML).status_code == 401
 
 
+def test_failed_sign_ins_are_limited_per_address_and_a_good_key_is_not_counted(
+    demo_models_dir: Path, tmp_path: Path
+) -> None:
+    app = make_app(demo_models_dir, tmp_path / "audit.sqlite3", login_failure_limit="3/15 minutes")
+    good = app.extensions["explain_access"].keys.create("reviewer", "review")
+    client = app.test_client()
+
+    def sign_in(key: str, addr: str = "10.0.0.1") -> Any:
+        env = {"REMOTE_ADDR": addr}
+        token = TOKEN.search(client.get("/review/login", environ_base=env).get_data(as_text=True))
+        assert token is not None
+        return client.post("/review/login", data={"key": key, "csrf_token": token.group(1)}, environ_base=env)
+
+    for _ in range(3):
+        assert sign_in(good).status_code == 303  # successes spend nothing
+    assert [sign_in("xsk_" + "B" * 43).status_code for _ in range(4)] == [401, 401, 401, 429]
+    blocked = sign_in(good)  # now even the right key waits: the form does not say which guess was right
+    assert blocked.status_code == 429 and "Too many failed sign-ins" in blocked.get_data(as_text=True)
+    assert 800 < int(blocked.headers["Retry-After"]) <= 900
+    assert sign_in(good, addr="10.0.0.2").status_code == 303  # another address is not held back
+
+
 @pytest.mark.parametrize(
     "path",
     [

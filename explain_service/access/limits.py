@@ -48,6 +48,7 @@ from explain_service.config import Settings
 from explain_service.errors import PayloadTooLarge, TooManyRequests
 
 QUOTA_SCOPE = "counterfactual-quota"
+LOGIN_SCOPE = "login-failures"
 # The scope flask-limiter gave application-wide limits: part of every rate-limit key in the storage.
 RATE_SCOPE = "global"
 
@@ -60,6 +61,7 @@ class Limits:
     rates: tuple[RateLimitItem, ...]
     counter: RateLimiter
     key_prefix: str
+    login_failures: tuple[RateLimitItem, ...] = ()
 
 
 def rate_key() -> str:
@@ -95,6 +97,7 @@ def init_app(app: Flask, settings: Settings) -> Limits:
         rates=parse_rates(settings.ratelimit_default),
         counter=MovingWindowRateLimiter(storage_from_string(storage_uri)),
         key_prefix=settings.ratelimit_key_prefix,
+        login_failures=parse_rates(settings.login_failure_limit),
     )
     app.extensions["explain_limits"] = state
     if state.rates:
@@ -156,6 +159,30 @@ def write_rate_limit_headers(response: Response) -> Response:
         response.headers["X-RateLimit-Remaining"] = str(stats.remaining)
         response.headers["X-RateLimit-Reset"] = str(int(stats.reset_time + 1))
     return response
+
+
+def login_blocked() -> int | None:
+    """Seconds until this client address may try to sign in again, or None if it may now.
+
+    Only failed sign-ins count (:func:`count_failed_login`), per address, in the same storage as the rate
+    limits (so across workers and hosts with Redis): a guesser is slowed, a reviewer who signs in is not.
+    """
+    state: Limits = current_app.extensions["explain_limits"]
+    key = (state.key_prefix, LOGIN_SCOPE, request.remote_addr or "127.0.0.1")
+    for rate in state.login_failures:
+        if not state.counter.test(rate, *key):
+            stats = state.counter.get_window_stats(rate, *key)
+            metrics.rate_limited("login")
+            return max(1, math.ceil(stats.reset_time - time.time()))
+    return None
+
+
+def count_failed_login() -> None:
+    """Count a failed sign-in against this client address (see :func:`login_blocked`)."""
+    state: Limits = current_app.extensions["explain_limits"]
+    key = (state.key_prefix, LOGIN_SCOPE, request.remote_addr or "127.0.0.1")
+    for rate in state.login_failures:
+        state.counter.hit(rate, *key)
 
 
 def charge_counterfactual_quota() -> None:

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import logging
+
 from flask import Flask, Response, redirect, render_template, request, url_for
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.wrappers import Response as BaseResponse
 
+from explain_service.access import limits
 from explain_service.access.guard import access_state
+from explain_service.counts import count
 from explain_service.errors import NotFound, Unavailable
 from explain_service.review import session
 from explain_service.review.blueprint import blp
+
+log = logging.getLogger(__name__)
 
 
 @blp.route("/login", methods=["GET", "POST"])
@@ -17,12 +23,22 @@ def login() -> BaseResponse | str:
     """The login form; a ``review`` or ``admin`` key starts a session."""
     if request.method == "GET":
         return render_template("review/login.html", error=None)
+    wait = limits.login_blocked()
+    if wait is not None:
+        minutes = max(1, round(wait / 60))
+        response = _refused(
+            f"Too many failed sign-ins from this address; try again in {count(minutes, 'minute')}.", 429
+        )
+        response.headers["Retry-After"] = str(wait)
+        return response
     presented = request.form.get("key", "").strip()
     try:
         key = access_state().keys.authenticate(presented) if presented else None
     except SQLAlchemyError:
         raise Unavailable("The key store does not answer; retry shortly") from None
     if key is None:
+        limits.count_failed_login()
+        log.warning("failed sign-in to the review pages from %s", request.remote_addr)
         return _refused("That key is not valid (unknown or revoked).", 401)
     if not session.page_role_ok(key.role):
         return _refused(f"A {key.role} key cannot open the review pages; use a review or admin key.", 403)
