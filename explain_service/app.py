@@ -52,7 +52,7 @@ class Services:
         self.index = TrailIndex(self.audit)  # the reviewers' list, queue and review events
         self.suspensions = Suspensions(self.audit)  # the stop button
         self.service = ExplainService(recorder=AuditRecorder(self.audit))
-        self.plots = PlotCache(settings.plots_dir)
+        self.plots = PlotCache(settings.plots_dir, max_bytes=settings.plots_cache_mb * 1024 * 1024)
         self.disparity = DisparitySettings(
             settings.disparity_threshold, settings.disparity_window_days, settings.disparity_min_group
         )

@@ -15,6 +15,7 @@ class Settings:
     database_url: str = "sqlite:///var/audit.sqlite3"
     audit_durability: str = "full"
     plots_dir: str = "var/plots"
+    plots_cache_mb: int = 1024  # the plot cache's size cap (least recently used first out); 0: no cap
     auth: str = "required"
     ratelimit_storage_uri: str = "memory://"
     ratelimit_default: str = "600/minute"

@@ -9,6 +9,7 @@ import io
 import itertools
 import math
 import multiprocessing
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ from explain_service.plots import (
     waterfall,
 )
 from explain_service.plots._text import GlyphText
+from explain_service.plots.eviction import SizeCap
 from explain_service.plots.waterfall import CONTRIBUTION
 
 PACKAGE = Path(__file__).resolve().parents[1] / "explain_service"
@@ -444,6 +446,36 @@ def test_damaged_cache_file_is_rendered_again(tmp_path: Path) -> None:
     cache.path(key).write_bytes(png[: len(png) // 2])
     assert cache.get_or_render("shap_bar", CREDIT, CREDIT_ROW, MODEL) == (key, png, False)
     assert cache.path(key).read_bytes() == png
+
+
+def test_the_size_cap_removes_the_least_recently_used_plots_first(tmp_path: Path) -> None:
+    png = b"\x89PNG\r\n\x1a\n" + b"x" * 980 + b"IEND\xaeB`\x82"
+    made = []
+    for i in range(10):
+        path = tmp_path / f"{i % 2:02x}" / f"{i:064x}.png"
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(png)
+        os.utime(path, (1_000_000 + i, 1_000_000 + i))
+        made.append(path)
+    (tmp_path / ".locks").mkdir()
+    (tmp_path / ".locks" / "00.lock").write_bytes(b"x" * 5000)  # not a plot: never counted or removed
+    kept, removed = SizeCap(tmp_path, max_bytes=len(png) * 5).sweep()
+    assert (kept, removed) == (len(png) * 4, 6)  # down to 9/10 of the cap, oldest first
+    assert [p.exists() for p in made] == [False] * 6 + [True] * 4
+    assert (tmp_path / ".locks" / "00.lock").exists()
+    assert SizeCap(tmp_path, max_bytes=len(png) * 5).sweep() == (len(png) * 4, 0)  # under the cap: nothing
+
+
+def test_a_capped_cache_keeps_the_plots_in_use_and_drops_the_oldest(tmp_path: Path) -> None:
+    rows = [{**CREDIT_ROW, "age": age} for age in (30, 40, 50)]
+    sizes = [len(PlotCache(tmp_path / "probe").get_or_render("shap_bar", CREDIT, r, MODEL)[1]) for r in rows]
+    cache = PlotCache(tmp_path / "capped", max_bytes=sum(sizes) - 1)  # room for two of the three
+    key_a = cache.get_or_render("shap_bar", CREDIT, rows[0], MODEL)[0]
+    key_b = cache.get_or_render("shap_bar", CREDIT, rows[1], MODEL)[0]
+    assert cache.get_or_render("shap_bar", CREDIT, rows[0], MODEL)[2]  # a hit: A is now the latest used
+    key_c = cache.get_or_render("shap_bar", CREDIT, rows[2], MODEL)[0]  # over the cap: B goes
+    assert [cache.path(k).exists() for k in (key_a, key_b, key_c)] == [True, False, True]
+    assert cache.get_or_render("shap_bar", CREDIT, rows[1], MODEL)[2] is False  # B is rendered again
 
 
 def _fetch_after(barrier: Any, directory: str, results: Any) -> None:

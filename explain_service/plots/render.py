@@ -25,7 +25,7 @@ import struct
 import tempfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ from explain_service.errors import NotFound
 from explain_service.plots._style import DPI
 from explain_service.plots.bar import bar
 from explain_service.plots.counterfactual import counterfactual_changes
+from explain_service.plots.eviction import SizeCap, touch
 from explain_service.plots.lime import lime_weights
 from explain_service.plots.waterfall import waterfall
 
@@ -209,26 +210,37 @@ class PlotCache:
     A key is rendered at most once: a per-key file lock (one of 256 lock files under ``.locks``) makes
     concurrent processes and threads wait for the first renderer, and files appear atomically
     (written to a temporary file, flushed to disk, then renamed into place), so readers never see part
-    of a PNG.
+    of a PNG. ``max_bytes`` (0: no cap) bounds the cache; the least recently used plots go first
+    (:mod:`.eviction`).
     """
 
-    def __init__(self, directory: str | os.PathLike[str]) -> None:
+    def __init__(self, directory: str | os.PathLike[str], max_bytes: int = 0) -> None:
         self.directory = Path(directory)
+        self.cap = SizeCap(self.directory, max_bytes)
 
     def path(self, key: str) -> Path:
         """Where the PNG of ``key`` is stored."""
         return self.directory / key[:2] / f"{key}.png"
 
     def get(self, key: str) -> bytes | None:
-        """The stored PNG of ``key``, or None if there is none (or only a damaged or unreadable one)."""
+        """The stored PNG of ``key``, or None if there is none (or only a damaged or unreadable one).
+
+        A hit marks the file as used now (its modification time), for the size cap's eviction order.
+        """
+        path = self.path(key)
         try:
-            data = self.path(key).read_bytes()
+            data = path.read_bytes()
         except FileNotFoundError:
             return None
         except OSError as exc:
-            log.warning("plot cache: cannot read %s: %s", self.path(key), exc)
+            log.warning("plot cache: cannot read %s: %s", path, exc)
             return None
-        return data if data.startswith(_PNG_SIGNATURE) and data.endswith(_PNG_END) else None
+        if not (data.startswith(_PNG_SIGNATURE) and data.endswith(_PNG_END)):
+            return None
+        if self.cap.max_bytes > 0:
+            with suppress(OSError):  # a read-only cache still serves; its order is then the writes'
+                touch(path)
+        return data
 
     def get_or_render(
         self, name: str, explanation: Mapping[str, Any], instance: Mapping[str, Any], model: Mapping[str, Any]
@@ -290,6 +302,9 @@ class PlotCache:
                 os.fsync(handle.fileno())
             os.chmod(temporary, 0o644)
             os.replace(temporary, path)
+            if self.cap.max_bytes > 0:
+                touch(path)
+                self.cap.stored(len(data))
         except OSError as exc:
             Path(temporary).unlink(missing_ok=True)
             log.warning("plot cache: cannot store %s (%s); served uncached", path, exc)
