@@ -144,7 +144,7 @@ def test_log_in_filter_to_a_model_and_a_flag_and_open_a_record(page, site) -> No
     assert all(float(c.replace(",", "")) == float(f"{float(c.replace(',', '')):.4g}") for c in contributions)
     text = page.locator("main").inner_text()
     assert CASE in text and "needs review" in text and "outside the range" in text
-    page.get_by_role("button", name="Re-verify").click()
+    page.get_by_role("link", name="Re-verify").click()
     assert "Identical." in page.locator("#verify-result").inner_text()
 
 
@@ -200,7 +200,7 @@ def test_escalate_resolve_as_admin_and_override(page, site) -> None:
     ]
     assert events[-1]["decision"] == other
     assert (answer["status"], answer["decision"]) == ("overridden", other)
-    page.get_by_role("button", name="Re-verify").click()
+    page.get_by_role("link", name="Re-verify").click()
     assert "Identical." in page.locator("#verify-result").inner_text()
     assert all(complete and width > 0 for _, complete, width in images(page))
     shot(page, "detail")
