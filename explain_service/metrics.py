@@ -18,7 +18,8 @@ Series (names as exposed):
 - ``explain_audit_append_seconds`` and ``explain_audit_append_records``: one observation per audit
   commit (:func:`observe_audit_append`, fed by the audit store's commit groups, ``audit/group.py``:
   one commit may hold the records of several concurrent requests; the recorder only hands them over)
-- ``explain_audit_chain_head_seq``: the newest record's seq this process has seen (max over workers)
+- ``explain_audit_chain_head_seq``: the newest record's seq, read from the store at each scrape (so a
+  batch job's or another host's appends count at once) and set by each append in between
 - ``explain_shap_additivity_residual{model}`` (absolute value) and ``explain_lime_score{model}``
   (local R²): per recorded explanation
 - ``explain_counterfactuals_total{model,valid}``: counterfactuals answered, valid (reaching the goal)
@@ -94,7 +95,7 @@ def _audit_metrics() -> tuple[Histogram, Histogram, Gauge]:
     )
     head = Gauge(
         "explain_audit_chain_head_seq",
-        "seq of the newest audit record this process appended",
+        "seq of the newest audit record (read from the store at each scrape)",
         multiprocess_mode="max",
     )
     return seconds, records, head
@@ -111,6 +112,11 @@ def observe_audit_append(seconds: float, records: int, head_seq: int | None = No
     append_records.observe(records)
     if head_seq is not None:
         head.set(head_seq)
+
+
+def observe_chain_head(head_seq: int) -> None:
+    """The chain's head as read from the store (each scrape), whoever appended it."""
+    _audit_metrics()[2].set(head_seq)
 
 
 def observe_explanations(model: str, explanations: Iterable[dict[str, Any]]) -> None:

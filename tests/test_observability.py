@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from explain_service.access.keys import KeyStore
 from explain_service.app import create_app
+from explain_service.audit import AuditEntry, AuditStore
 from explain_service.logs import REQUEST_FIELDS, RequestIdFilter, json_formatter
 from tests._gunicorn import serve_in
 from tests.conftest import GERMAN_ROW
@@ -164,6 +165,11 @@ def test_metrics_follow_requests_audit_quality_limits_and_load_failures(served) 
     assert _delta(after, before, "explain_audit_append_seconds_count") == 1
     assert _delta(after, before, "explain_audit_append_records_sum") == 1
     assert after[("explain_audit_chain_head_seq", ())] == app.extensions["explain"].audit.head()[0]
+    url = app.extensions["explain"].audit.url.render_as_string(hide_password=False)
+    with AuditStore(url) as outside:  # as a batch job or another host appends
+        note = AuditEntry({"kind": "note"}, "german-credit", "1", "ab" * 32)
+        appended = outside.append([note, note])[-1].seq
+    assert _scrape(client, headers["ops"])[("explain_audit_chain_head_seq", ())] == appended
     residual = abs(explanation["shap"]["additivity_residual"])
     assert math.isclose(
         _delta(after, before, "explain_shap_additivity_residual_sum", model="german-credit"),

@@ -162,7 +162,9 @@ def test_re_verify_is_a_page_of_its_own_that_reloads_without_posting_again(site)
     log_in(client, site["keys"]["review"])
     record_id = site["ids"]["german-credit"][0]
     detail = client.get(f"/review/explanations/{record_id}", headers=HTML).get_data(as_text=True)
-    assert f'<a class="button secondary" href="/review/explanations/{record_id}/verify">Re-verify</a>' in detail
+    assert (
+        f'<a class="button secondary" href="/review/explanations/{record_id}/verify">Re-verify</a>' in detail
+    )
     before = site["app"].extensions["explain"].audit.count()
     for _ in range(2):  # a reload recomputes and stores nothing
         r = client.get(f"/review/explanations/{record_id}/verify", headers=HTML)

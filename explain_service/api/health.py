@@ -10,6 +10,7 @@ from flask import Response, current_app
 from flask.views import MethodView
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from explain_service import metrics
 from explain_service.api.blueprint import Blueprint
 from explain_service.fairness.gauges import disparity_metrics
 from explain_service.jsonio import json_response
@@ -71,6 +72,11 @@ def _audit_problems(services: Any) -> list[str]:
 class Metrics(MethodView):
     def get(self) -> Any:
         """Prometheus metrics (aggregated across workers when PROMETHEUS_MULTIPROC_DIR is set)."""
+        services = current_app.extensions["explain"]
+        try:  # the head as stored, so appends by a batch job or another host count at once
+            metrics.observe_chain_head(services.audit.head()[0])
+        except Exception:  # an unreachable store shows in /readyz; the last head seen stays
+            log.warning("metrics: cannot read the audit chain's head", exc_info=True)
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             from prometheus_client import multiprocess
 
@@ -79,6 +85,5 @@ class Metrics(MethodView):
             data = generate_latest(registry)
         else:
             data = generate_latest()
-        services = current_app.extensions["explain"]
         data += disparity_metrics(services.tally, services.disparity)  # per scrape, from indexed counts
         return Response(data, mimetype=CONTENT_TYPE_LATEST)
