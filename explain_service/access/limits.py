@@ -167,8 +167,7 @@ def login_blocked() -> int | None:
     Only failed sign-ins count (:func:`count_failed_login`), per address, in the same storage as the rate
     limits (so across workers and hosts with Redis): a guesser is slowed, a reviewer who signs in is not.
     """
-    state: Limits = current_app.extensions["explain_limits"]
-    key = (state.key_prefix, LOGIN_SCOPE, request.remote_addr or "127.0.0.1")
+    state, key = _login_key()
     for rate in state.login_failures:
         if not state.counter.test(rate, *key):
             stats = state.counter.get_window_stats(rate, *key)
@@ -179,10 +178,14 @@ def login_blocked() -> int | None:
 
 def count_failed_login() -> None:
     """Count a failed sign-in against this client address (see :func:`login_blocked`)."""
-    state: Limits = current_app.extensions["explain_limits"]
-    key = (state.key_prefix, LOGIN_SCOPE, request.remote_addr or "127.0.0.1")
+    state, key = _login_key()
     for rate in state.login_failures:
         state.counter.hit(rate, *key)
+
+
+def _login_key() -> tuple[Limits, tuple[str, str, str]]:
+    state: Limits = current_app.extensions["explain_limits"]
+    return state, (state.key_prefix, LOGIN_SCOPE, request.remote_addr or "127.0.0.1")
 
 
 def charge_counterfactual_quota() -> None:
