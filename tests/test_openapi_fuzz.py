@@ -240,3 +240,65 @@ def test_review_and_suspension_answers_match_the_openapi_document(client_module,
     assert described["suspension"]["reason"] == "schema check"
     r = client_module.post("/v1/models/wine-mlp/versions/1:resume", json={})
     response_validator("/v1/models/{name}/versions/{version}:resume", "post").validate(r.get_json())
+
+
+def test_the_document_says_who_may_call_each_operation_and_real_refusals_match_it(operations) -> None:
+    """Bearer security on every operation but the public ones; 401, 403 (review and admin operations),
+    413 (with a body) and 429 documented in the error shape; and real refusals validate against it."""
+    from explain_service.access.rules import ROLE_RANK, rule_for
+
+    found, key = operations
+    app = next(iter(found.values())).schema.app
+    spec = app.test_client().get("/openapi.json", headers=bearer(key)).get_json()
+    assert spec["components"]["securitySchemes"]["bearer"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": spec["components"]["securitySchemes"]["bearer"]["description"],
+    }
+    endpoints = {
+        (rule.rule.replace("<", "{").replace(">", "}").replace("{path:", "{"), method.lower()): rule.endpoint
+        for rule in app.url_map.iter_rules()
+        for method in rule.methods or ()
+    }
+    seen_roles = set()
+    for path, item in spec["paths"].items():
+        for method, operation in item.items():
+            if method not in ("get", "post", "put", "delete", "patch"):
+                continue
+            role = rule_for(endpoints[(path, method)]).role
+            seen_roles.add(role)
+            documented = set(operation["responses"])
+            if role == "public":
+                assert operation["security"] == [] and not documented & {"401", "403", "429"}, path
+                continue
+            assert operation["security"] == [{"bearer": []}], path
+            assert {"401", "429"} <= documented, path
+            assert ("403" in documented) == (ROLE_RANK[role] > ROLE_RANK["explain"]), path
+            assert ("413" in documented) == ("requestBody" in operation), path
+    assert seen_roles == {"public", "explain", "review", "admin"}
+
+    def error_schema(path: str, method: str, status: str) -> jsonschema.Validator:
+        ref = spec["paths"][path][method]["responses"][status]["$ref"].rsplit("/", 1)[1]
+        response = spec["components"]["responses"][ref]
+        schema = response["content"]["application/json"]["schema"]
+        return jsonschema.Draft202012Validator(
+            {**as_json_schema(schema), "components": as_json_schema(spec["components"])}
+        )
+
+    client = app.test_client()
+    explain = "/v1/models/{name}:explain"
+    r = client.post("/v1/models/german-credit:explain", json={"instances": [GERMAN_ROW]})
+    assert r.status_code == 401
+    error_schema(explain, "post", "401").validate(r.get_json())
+    weak = app.extensions["explain_access"].keys.create("weak", "explain")
+    r = client.get("/v1/models/german-credit/report", headers=bearer(weak))
+    assert r.status_code == 403
+    error_schema("/v1/models/{name}/report", "get", "403").validate(r.get_json())
+    assert "Retry-After" in spec["components"]["responses"]["RATE_LIMITED"]["headers"]
+
+
+def test_without_authentication_the_document_declares_none(client_module) -> None:
+    spec = client_module.get("/openapi.json").get_json()
+    assert "securitySchemes" not in spec.get("components", {})
+    operation = spec["paths"]["/v1/models/{name}:explain"]["post"]
+    assert "security" not in operation and "401" not in operation["responses"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Flask
 
 from explain_service.api import (
+    access_doc,
     docs,
     errors,
     explanations,
@@ -21,7 +22,8 @@ from explain_service.api import (
 
 def init_app(app: Flask) -> None:
     """Register the API's blueprints and error handlers on ``app``."""
-    api = errors.ServiceApi(app)
+    auth_required = app.extensions["explain"].settings.auth == "required"
+    api = errors.ServiceApi(app, spec_kwargs={"extra_plugins": [access_doc.AccessDocPlugin(auth_required)]})
     api.register_blueprint(health.blp)
     api.register_blueprint(models.blp)
     api.register_blueprint(explanations.blp)
