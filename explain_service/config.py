@@ -58,18 +58,15 @@ class Settings:
             raise ValueError(f"EXPLAIN_AUTH must be 'required' or 'off', not {settings.auth!r}")
         from explain_service.access.limits import parse_rates
 
-        try:
-            parse_rates(settings.ratelimit_default)
-        except ValueError:
-            raise ValueError(
-                "EXPLAIN_RATELIMIT_DEFAULT must be limits such as '600/minute' or '10/second;600/minute', "
-                f"not {settings.ratelimit_default!r}"
-            ) from None
-        try:
-            parse_rates(settings.login_failure_limit)
-        except ValueError:
-            raise ValueError(
-                "EXPLAIN_LOGIN_FAILURE_LIMIT must be limits such as '10/15 minutes' (empty: no limit), "
-                f"not {settings.login_failure_limit!r}"
-            ) from None
+        for name, example in (
+            ("ratelimit_default", "'600/minute' or '10/second;600/minute'"),
+            ("login_failure_limit", "'10/15 minutes' (empty: no limit)"),
+        ):
+            text = getattr(settings, name)
+            try:
+                parse_rates(text)
+            except ValueError:
+                raise ValueError(
+                    f"EXPLAIN_{name.upper()} must be limits such as {example}, not {text!r}"
+                ) from None
         return settings

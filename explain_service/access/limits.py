@@ -38,6 +38,7 @@ from flask import Flask, Response, current_app, g, request
 from limits import RateLimitItem, parse, parse_many
 from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter, RateLimiter
+from limits.util import WindowStats
 
 from explain_service import metrics
 from explain_service.access import memory
@@ -67,7 +68,16 @@ class Limits:
 def rate_key() -> str:
     """Whose budget a request spends: the key's name, else the client address."""
     name = current_principal().name
-    return f"key:{name}" if name is not None else f"addr:{request.remote_addr or '127.0.0.1'}"
+    return f"key:{name}" if name is not None else f"addr:{client_address()}"
+
+
+def client_address() -> str:
+    return request.remote_addr or "127.0.0.1"
+
+
+def seconds_until(stats: WindowStats) -> int:
+    """Whole seconds (at least 1) until the window ``stats`` describes admits again: a Retry-After."""
+    return max(1, math.ceil(stats.reset_time - time.time()))
 
 
 def request_units() -> int:
@@ -137,7 +147,7 @@ def _refuse(state: Limits, rate: RateLimitItem, key: tuple[str, str, str], units
     metrics.rate_limited("rate")
     raise TooManyRequests(
         f"This key's rate limit of {rate} (in cost units) is reached ({stats.remaining} left, {units} asked)",
-        retry_after=max(1, math.ceil(stats.reset_time - time.time())),
+        retry_after=seconds_until(stats),
     )
 
 
@@ -170,9 +180,8 @@ def login_blocked() -> int | None:
     state, key = _login_key()
     for rate in state.login_failures:
         if not state.counter.test(rate, *key):
-            stats = state.counter.get_window_stats(rate, *key)
             metrics.rate_limited("login")
-            return max(1, math.ceil(stats.reset_time - time.time()))
+            return seconds_until(state.counter.get_window_stats(rate, *key))
     return None
 
 
@@ -185,7 +194,7 @@ def count_failed_login() -> None:
 
 def _login_key() -> tuple[Limits, tuple[str, str, str]]:
     state: Limits = current_app.extensions["explain_limits"]
-    return state, (state.key_prefix, LOGIN_SCOPE, request.remote_addr or "127.0.0.1")
+    return state, (state.key_prefix, LOGIN_SCOPE, client_address())
 
 
 def charge_counterfactual_quota() -> None:
@@ -208,10 +217,9 @@ def charge_counterfactual_quota() -> None:
     if state.counter.hit(item, *key, cost=work.counterfactual_instances):
         return
     stats = state.counter.get_window_stats(item, *key)
-    retry = max(1, math.ceil(stats.reset_time - time.time()))
     metrics.rate_limited("quota")
     raise TooManyRequests(
         f"This key's daily quota of {quota} counterfactual instances is used up "
         f"({stats.remaining} left, {work.counterfactual_instances} asked)",
-        retry_after=retry,
+        retry_after=seconds_until(stats),
     )

@@ -377,7 +377,7 @@ def run_job(spec: JobSpec, progress: Progress | None = None) -> Summary:
     parts = PartsDir(spec.output)
     try:
         if suspensions is not None:
-            _obey(suspensions, job, "this job cannot run until it is resumed")
+            _obey(suspensions, job, "this job cannot run until it is resumed", JobRefused)
         manifest = _open_parts(parts, job)
         if parts.audit_key is not None:
             job.plan = dataclasses.replace(job.plan, audit_key=parts.audit_key)
@@ -414,14 +414,14 @@ def _suspensions(store: Any) -> Any:
     return Suspensions(store)
 
 
-def _obey(suspensions: Any, job: PreparedJob, when: str) -> None:
-    """JobRefused if the job's model is suspended; a store that cannot tell refuses the job too."""
+def _obey(suspensions: Any, job: PreparedJob, when: str, refusal: type[JobRefused | JobFailed]) -> None:
+    """``refusal`` if the job's model is suspended; a store that cannot tell stops the job too."""
     from explain_service.audit import AuditError
 
     try:
         refuse_if_suspended(suspensions, job.model.name, job.model.version, when)
     except (ModelStopped, AuditError) as exc:
-        raise JobRefused(str(exc)) from None
+        raise refusal(str(exc)) from None
 
 
 def _open_parts(parts: PartsDir, job: PreparedJob) -> JobManifest:
@@ -452,14 +452,8 @@ def _compute(
         with engine:
             for result in engine.run(todo):
                 if store is not None:
-                    try:
-                        _obey(
-                            suspensions,
-                            job,
-                            "the job stopped; resume the model, then run it again with --resume",
-                        )
-                    except JobRefused as exc:
-                        raise JobFailed(str(exc)) from None
+                    stopped = "the job stopped; resume the model, then run it again with --resume"
+                    _obey(suspensions, job, stopped, JobFailed)
                     append_once(store, result.audit)
                 record = ChunkRecord(
                     rows=result.rows,

@@ -25,7 +25,7 @@ import struct
 import tempfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ from explain_service.errors import NotFound
 from explain_service.plots._style import DPI
 from explain_service.plots.bar import bar
 from explain_service.plots.counterfactual import counterfactual_changes
-from explain_service.plots.eviction import SizeCap, touch
+from explain_service.plots.eviction import SizeCap
 from explain_service.plots.lime import lime_weights
 from explain_service.plots.waterfall import waterfall
 
@@ -237,9 +237,7 @@ class PlotCache:
             return None
         if not (data.startswith(_PNG_SIGNATURE) and data.endswith(_PNG_END)):
             return None
-        if self.cap.max_bytes > 0:
-            with suppress(OSError):  # a read-only cache still serves; its order is then the writes'
-                touch(path)
+        self.cap.used(path)
         return data
 
     def get_or_render(
@@ -302,9 +300,7 @@ class PlotCache:
                 os.fsync(handle.fileno())
             os.chmod(temporary, 0o644)
             os.replace(temporary, path)
-            if self.cap.max_bytes > 0:
-                touch(path)
-                self.cap.stored(len(data))
+            self.cap.stored(path, len(data))
         except OSError as exc:
             Path(temporary).unlink(missing_ok=True)
             log.warning("plot cache: cannot store %s (%s); served uncached", path, exc)
