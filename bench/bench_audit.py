@@ -136,6 +136,17 @@ def taking_turns(ports: dict[str, int], bodies: list[bytes]) -> dict[str, Load]:
     return out
 
 
+def server_env(database_url: str, notes: Path, extra: dict[str, str]) -> dict[str, str]:
+    """A benchmark server's environment: the demo models, its audit store, where it notes each commit
+    (bench/observed_app.py), and ``extra``."""
+    return {
+        "EXPLAIN_MODELS_DIR": str(MODELS),
+        "EXPLAIN_DATABASE_URL": database_url,
+        "BENCH_AUDIT_OBSERVATIONS": str(notes),
+        **extra,
+    }
+
+
 def measure(
     database_url: str,
     bodies: list[bytes],
@@ -143,12 +154,7 @@ def measure(
     audited: str = "bench.observed_app:create_app()",
 ) -> dict:
     notes = Path(tempfile.mkdtemp()) / "commits.txt"
-    env = {
-        "EXPLAIN_MODELS_DIR": str(MODELS),
-        "EXPLAIN_DATABASE_URL": database_url,
-        "BENCH_AUDIT_OBSERVATIONS": str(notes),
-        **(extra_env or {}),
-    }
+    env = server_env(database_url, notes, extra_env or {})
     out: dict = {"with": {"seq": []}, "without": {"seq": []}}
     with (
         gunicorn(audited, env=env) as with_audit,
@@ -186,12 +192,7 @@ def decomposition(bodies: list[bytes]) -> dict[str, Load]:
         ports: dict[str, int] = {}
         for name, (app, extra) in DECOMPOSITION.items():
             tmp = stack.enter_context(tempfile.TemporaryDirectory())
-            env = {
-                "EXPLAIN_MODELS_DIR": str(MODELS),
-                "EXPLAIN_DATABASE_URL": f"sqlite:///{tmp}/a.sqlite3",
-                "BENCH_AUDIT_OBSERVATIONS": f"{tmp}/commits.txt",
-                **extra,
-            }
+            env = server_env(f"sqlite:///{tmp}/a.sqlite3", Path(tmp) / "commits.txt", extra)
             ports[name] = int(stack.enter_context(gunicorn(app, env=env)).rsplit(":", 1)[1])
         for port in ports.values():
             under_load(port, bodies, 1.0)

@@ -8,6 +8,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flask import Flask
@@ -35,6 +36,18 @@ def make(demo_models_dir: Path, tmp_path: Path, **settings) -> Flask:
             **settings,
         }
     )
+
+
+def limited(
+    demo_models_dir: Path, tmp_path: Path, rates: str, name: str
+) -> tuple[Flask, Any, dict[str, str]]:
+    """An app with the rate limits ``rates``, its test client, and the header of a key called ``name``."""
+    app = make(demo_models_dir, tmp_path, ratelimit_default=rates)
+    (headers,) = keys(app, name)
+    return app, app.test_client(), headers
+
+
+TWO_UNITS = {"instances": [GERMAN_ROW] * 2, "methods": ["shap"]}  # tree SHAP: one unit per instance
 
 
 def keys(app: Flask, *names: str) -> list[dict[str, str]]:
@@ -85,13 +98,10 @@ def rate_headers(r) -> tuple[int, int, float]:
 def test_with_several_limits_the_headers_describe_the_shortest_until_one_refuses(
     demo_models_dir: Path, tmp_path: Path
 ) -> None:
-    app = make(demo_models_dir, tmp_path, ratelimit_default="5/minute;100/hour")
-    client = app.test_client()
-    (a,) = keys(app, "a")
-    two = {"instances": [GERMAN_ROW] * 2, "methods": ["shap"]}  # 2 cost units
+    _, client, a = limited(demo_models_dir, tmp_path, "5/minute;100/hour", "a")
     seen = []
     for _ in range(3):
-        r = client.post("/v1/models/german-credit:explain", json=two, headers=a)
+        r = client.post("/v1/models/german-credit:explain", json=TWO_UNITS, headers=a)
         limit, remaining, reset_in = rate_headers(r)
         assert 0 < reset_in <= 61
         seen.append((r.status_code, limit, remaining, "Retry-After" in r.headers))
@@ -102,9 +112,7 @@ def test_with_several_limits_the_headers_describe_the_shortest_until_one_refuses
     assert (r.status_code, rate_headers(r)[:2], "Retry-After" in r.headers) == (200, (5, 0), False)
 
     # The longer window refuses first: the headers and Retry-After describe it, not the minute.
-    app = make(demo_models_dir, tmp_path, ratelimit_default="3/hour;10/minute")
-    client = app.test_client()
-    (b,) = keys(app, "b")
+    _, client, b = limited(demo_models_dir, tmp_path, "3/hour;10/minute", "b")
     responses = [client.get(CHEAP, headers=b) for _ in range(4)]
     assert [(r.status_code, *rate_headers(r)[:2]) for r in responses] == [
         (200, 10, 9), (200, 10, 8), (200, 10, 7), (429, 3, 0)
@@ -117,12 +125,10 @@ def test_with_several_limits_the_headers_describe_the_shortest_until_one_refuses
 def test_a_request_one_limit_refuses_spends_nothing_on_the_others(
     demo_models_dir: Path, tmp_path: Path
 ) -> None:
-    app = make(demo_models_dir, tmp_path, ratelimit_default="10/minute;4/hour")
-    client = app.test_client()
-    (a,) = keys(app, "a")
-    two = {"instances": [GERMAN_ROW] * 2, "methods": ["shap"]}  # 2 cost units
+    app, client, a = limited(demo_models_dir, tmp_path, "10/minute;4/hour", "a")
     statuses = [
-        client.post("/v1/models/german-credit:explain", json=two, headers=a).status_code for _ in range(3)
+        client.post("/v1/models/german-credit:explain", json=TWO_UNITS, headers=a).status_code
+        for _ in range(3)
     ]
     assert statuses == [200, 200, 429]  # the hour is spent after two
     state = app.extensions["explain_limits"]

@@ -59,11 +59,17 @@ def site(demo_models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
     return {"app": app, "db": db, "keys": made, "ids": ids}
 
 
+def submit_login(client: FlaskClient, key: str, addr: str | None = None) -> Any:
+    """Fill in the login form with ``key`` (from the client address ``addr``); the answer."""
+    env = {"REMOTE_ADDR": addr} if addr is not None else {}
+    token = TOKEN.search(client.get("/review/login", environ_base=env).get_data(as_text=True))
+    assert token is not None
+    return client.post("/review/login", data={"key": key, "csrf_token": token.group(1)}, environ_base=env)
+
+
 def log_in(client: FlaskClient, key: str) -> str:
     """Sign in with ``key``; return the session's CSRF token."""
-    token = TOKEN.search(client.get("/review/login").get_data(as_text=True))
-    assert token is not None
-    r = client.post("/review/login", data={"key": key, "csrf_token": token.group(1)})
+    r = submit_login(client, key)
     assert r.status_code == 303 and r.headers["Location"] == "/review/"
     return token_of(client)
 
@@ -104,10 +110,7 @@ def test_the_cookie_is_secure_under_tls(site) -> None:
 )
 def test_login_refuses_keys_that_may_not_review(site, role, status, message) -> None:
     client = site["app"].test_client()
-    token = TOKEN.search(client.get("/review/login").get_data(as_text=True))
-    assert token is not None
-    key = site["keys"][role] if role else "xsk_" + "A" * 43
-    r = client.post("/review/login", data={"key": key, "csrf_token": token.group(1)})
+    r = submit_login(client, site["keys"][role] if role else "xsk_" + "A" * 43)
     assert r.status_code == status and message in r.get_data(as_text=True)
     assert client.get("/review/", headers=HTML).status_code == 401
 
@@ -120,10 +123,7 @@ def test_failed_sign_ins_are_limited_per_address_and_a_good_key_is_not_counted(
     client = app.test_client()
 
     def sign_in(key: str, addr: str = "10.0.0.1") -> Any:
-        env = {"REMOTE_ADDR": addr}
-        token = TOKEN.search(client.get("/review/login", environ_base=env).get_data(as_text=True))
-        assert token is not None
-        return client.post("/review/login", data={"key": key, "csrf_token": token.group(1)}, environ_base=env)
+        return submit_login(client, key, addr)
 
     for _ in range(3):
         assert sign_in(good).status_code == 303  # successes spend nothing
